@@ -1,0 +1,24 @@
+//! Wire protocol of strstore: the messages clients and peers exchange, and the codec that
+//! frames them.
+//!
+//! Layout:
+//! - [`message`]: client requests and replies ([`Request`], [`Reply`]), peer traffic
+//!   ([`PeerMsg`] inside an [`Envelope`]) and the handshakes that open each connection.
+//! - [`codec`]: length-delimited frames holding one postcard-encoded message each, with an
+//!   explicit maximum frame size. Decoding is total: bad input is a typed [`CodecError`].
+//! - [`error`]: [`Error`], the serializable error a node returns to a client.
+//!
+//! This crate does no I/O beyond the codec; the server and client crates own sockets.
+
+pub mod codec;
+pub mod error;
+pub mod message;
+
+pub use codec::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES};
+pub use error::Error;
+pub use message::*;
+
+/// Version of the wire protocol. Both sides send it in their hello; a connection whose peer
+/// speaks another version is refused with [`Error::VersionMismatch`], because postcard has no
+/// self-description and a silent mismatch would decode garbage.
+pub const PROTOCOL_VERSION: u32 = 1;
