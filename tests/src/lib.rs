@@ -1,0 +1,2 @@
+//! Test support for strstore: the history checker, the deterministic simulation and the
+//! multi-process cluster harness.
