@@ -153,11 +153,7 @@ mod tests {
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            arb_bytes().prop_map(Op::Append),
-            arb_bytes().prop_map(Op::Set),
-            Just(Op::Get),
-        ]
+        prop_oneof![arb_bytes().prop_map(Op::Append), arb_bytes().prop_map(Op::Set), Just(Op::Get),]
     }
 
     fn arb_error() -> impl Strategy<Value = crate::Error> {
@@ -197,7 +193,11 @@ mod tests {
                     writes
                 })),
             arb_ts().prop_map(|id| PeerMsg::Fence { id }),
-            (arb_ts(), any::<u64>()).prop_map(|(id, hw)| PeerMsg::Ack { id, hw }),
+            (arb_ts(), any::<u64>(), arb_ts()).prop_map(|(id, hw, applied)| PeerMsg::Ack {
+                id,
+                hw,
+                applied
+            }),
             (arb_ts(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5))
                 .prop_map(|(id, deps)| PeerMsg::Execute { id, deps }),
             any::<u64>().prop_map(|current| PeerMsg::StaleEpoch { current }),
@@ -296,7 +296,8 @@ mod tests {
     fn oversized_message_is_not_encoded() {
         let mut codec = Codec::<(), ClientFrame>::new(16);
         let mut buf = BytesMut::from(&b"xy"[..]);
-        let big = ClientFrame::Request(Request { client: 1, seq: 1, op: Op::Set(vec![7; 64].into()) });
+        let big =
+            ClientFrame::Request(Request { client: 1, seq: 1, op: Op::Set(vec![7; 64].into()) });
         assert!(matches!(codec.encode(&big, &mut buf), Err(CodecError::FrameTooLarge { .. })));
         assert_eq!(&buf[..], b"xy", "buffer left as it was");
     }

@@ -25,7 +25,9 @@ pub enum Error {
     Unavailable { reason: String, try_nodes: Vec<String> },
     /// A newer request from the same client was applied first, so this older one was not
     /// applied and never will be.
-    #[error("request {seq} superseded by a newer request from the same client; it was not applied")]
+    #[error(
+        "request {seq} superseded by a newer request from the same client; it was not applied"
+    )]
     Superseded { seq: u64 },
     /// The node is overloaded; retry later.
     #[error("node busy: {0}; retry later")]

@@ -27,7 +27,9 @@ pub type Oseq = u64;
 /// A Lamport timestamp `(time, node)`. Ordered lexicographically, so ties in time break by node
 /// id: this is the total order in which every node applies actions. It also names an action,
 /// because no node stamps two actions with the same time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp {
     /// Lamport clock of the origin when it created the action.
     pub time: LamportTime,
@@ -168,9 +170,11 @@ pub enum PeerMsg {
     /// it and acks once its own earlier actions are durable; nothing is logged.
     Fence { id: Timestamp },
     /// Member -> origin: the action or fence `id` is durable here (or needs no log), and `hw`
-    /// is the highest `oseq` this member has originated so far. A member re-sends its ack for
-    /// an action that stays uncommitted; the origin answers a duplicate with `Execute`.
-    Ack { id: Timestamp, hw: Oseq },
+    /// is the highest `oseq` this member has originated so far. `applied` is the last action
+    /// the member has applied, with its commit record on disk: the origin may forget the deps
+    /// of its actions up to there. A member re-sends its ack for an action that stays
+    /// uncommitted; the origin answers a duplicate with `Execute`.
+    Ack { id: Timestamp, hw: Oseq, applied: Timestamp },
     /// Origin -> members: every member acked `id`, so it is committed; `deps` tells the
     /// receiver which actions must be present before it applies `id`.
     Execute { id: Timestamp, deps: Deps },

@@ -1,0 +1,46 @@
+//! The durable log: where the engine's [`LogRecord`]s go before any message that depends on
+//! them is sent.
+//!
+//! Two implementations share the [`LogStore`] trait: [`SledLog`] on disk for real nodes and
+//! [`MemLog`] for the simulation, which models a crash by dropping whatever was not synced.
+
+mod memory;
+mod sled_log;
+
+pub use memory::MemLog;
+pub use sled_log::SledLog;
+
+use crate::replica::{LogRecord, Restored};
+
+/// Why the log failed. A node whose log fails stops: it must never ack what is not on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt log record under key {key:?}: {reason}")]
+    Corrupt { key: Vec<u8>, reason: String },
+}
+
+/// Where the engine's records are kept.
+pub trait LogStore {
+    /// Adds records in order; they may sit in memory until [`LogStore::sync`].
+    fn append(&mut self, records: &[LogRecord]) -> Result<(), LogError>;
+    /// Makes everything appended so far durable (fsync).
+    fn sync(&mut self) -> Result<(), LogError>;
+    /// Reads back what survived, for a restart.
+    fn load(&self) -> Result<Restored, LogError>;
+}
+
+/// Folds records into what a restarting replica needs, whatever order they come in.
+pub fn restore_from(records: impl IntoIterator<Item = LogRecord>) -> Restored {
+    let mut restored = Restored::default();
+    for record in records {
+        match record {
+            LogRecord::Action(a) => restored.actions.push(a),
+            LogRecord::Commit { id, deps } => restored.commits.push((id, deps)),
+            LogRecord::ClockBound(b) => restored.clock_bound = restored.clock_bound.max(b),
+        }
+    }
+    restored.actions.sort_by_key(|a| a.id);
+    restored
+}

@@ -1,0 +1,32 @@
+//! The replication engine, free of I/O.
+//!
+//! Protocol (docs/protocol.md has the full account):
+//!
+//! 1. **Action.** The origin batches queued writes into an action stamped with its Lamport
+//!    timestamp `(clock, id)` and a per-origin number `oseq`, logs it, and once the log write
+//!    is durable sends it to every other member (and an ack to itself).
+//! 2. **Ack.** A member moves its clock past the action, logs it, and once durable acks with
+//!    `hw`, the highest `oseq` it has originated itself.
+//! 3. **Execute.** With every member's ack the action is committed; the origin sends
+//!    `Execute { deps }` where `deps[j]` is member `j`'s `hw`.
+//! 4. **Deliver.** Each node applies the head of its hold-back queue (ordered by timestamp)
+//!    when it is committed and every member's actions up to `deps` are held.
+//! 5. **Reply.** The node where a client waits replies when it applies the client's write.
+//!    A `get` rides on a *fence*: a timestamp acked by every member but logged by none, applied
+//!    only at its origin, at its place in the order.
+//!
+//! Invariants asserted here: an action never arrives after a later one was applied; entries
+//! are applied in strictly increasing timestamp order.
+//!
+//! Implementation caveats: the view is static (epoch 1) until membership lands; a node that
+//! never comes back blocks commits.
+
+mod node;
+mod received;
+pub mod state;
+
+pub use node::{
+    ClientReply, Config, LogRecord, Ready, Replica, Restored, Stats, Ticks, WaiterId, CLOCK_LEASE,
+};
+pub use received::Received;
+pub use state::{Limits, StringState};
