@@ -103,14 +103,6 @@ impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
     }
 }
 
-impl<'a, In, Out: Serialize> Encoder<&'a Out> for Codec<In, Out> {
-    type Error = CodecError;
-
-    fn encode(&mut self, item: &'a Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-        encode_frame(item, dst, self.max_frame_bytes)
-    }
-}
-
 /// Appends one frame holding `item` to `dst`, serialising in place (no intermediate buffer).
 /// A message too large to send is an error for the caller to report; `dst` is left as it was.
 pub fn encode_frame<T: Serialize>(
@@ -210,7 +202,7 @@ mod tests {
     {
         let mut codec = Codec::<T, T>::default();
         let mut buf = BytesMut::new();
-        codec.encode(&item, &mut buf).unwrap();
+        encode_frame(&item, &mut buf, codec.max_frame_bytes()).unwrap();
         let decoded = codec.decode_eof(&mut buf).unwrap().unwrap();
         assert_eq!(decoded, item);
         assert!(buf.is_empty());
@@ -246,12 +238,7 @@ mod tests {
             fn feed<T: DeserializeOwned>(data: &[u8]) {
                 let mut codec = Codec::<T, ()>::new(256);
                 let mut buf = BytesMut::from(data);
-                loop {
-                    match codec.decode_eof(&mut buf) {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(_)) = codec.decode_eof(&mut buf) {}
             }
             feed::<ClientFrame>(&data);
             feed::<ServerFrame>(&data);
@@ -298,7 +285,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"xy"[..]);
         let big =
             ClientFrame::Request(Request { client: 1, seq: 1, op: Op::Set(vec![7; 64].into()) });
-        assert!(matches!(codec.encode(&big, &mut buf), Err(CodecError::FrameTooLarge { .. })));
+        assert!(matches!(codec.encode(big, &mut buf), Err(CodecError::FrameTooLarge { .. })));
         assert_eq!(&buf[..], b"xy", "buffer left as it was");
     }
 

@@ -2,10 +2,16 @@
 //!
 //! Layout:
 //! - [`replica`]: the replication engine, a deterministic state machine (no I/O).
-//! - [`log`]: the durable log the engine's records go to (sled on disk, memory in tests).
-//! - [`server`]: the tokio driver that owns the engine and connects it to clients, peers and
-//!   the log.
+//! - [`log`]: the durable log the engine's records go to (sled on disk, memory in tests), and
+//!   [`log_writer`], the thread that group-commits it.
+//! - [`server`]: the tokio driver that owns the engine; [`client_conn`] serves clients and
+//!   [`transport`] carries peer messages.
 //! - [`config`]: command-line configuration and its validation.
 
+pub mod client_conn;
+pub mod config;
 pub mod log;
+pub mod log_writer;
 pub mod replica;
+pub mod server;
+pub mod transport;

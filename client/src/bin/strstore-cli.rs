@@ -1,1 +1,243 @@
-fn main() {}
+//! strstore-cli: runs one command against a strstore cluster and prints the result.
+//!
+//! Output is meant for scripts: `append` and `set` print the new length, `get` prints the raw
+//! string and one newline, and nothing else reaches stdout. Errors go to stderr with a hint,
+//! and the exit code says what kind of failure it was (see `--help`).
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use strstore_client::{parse_addrs, Client, ClientConfig, ClientError, ADDR_ENV, DEFAULT_ADDR};
+
+/// Exit code for a request the cluster (or this client) refused; nothing was applied.
+const EXIT_REJECTED: u8 = 1;
+/// Exit code for a bad command line, as clap uses for its own usage errors.
+const EXIT_USAGE: u8 = 2;
+/// Exit code when the cluster could not be reached or did not answer in time.
+const EXIT_UNAVAILABLE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strstore-cli",
+    version,
+    about = "Append to, set or read the string kept by a strstore cluster",
+    after_help = "\
+VALUE is taken as raw bytes; `-` reads the value from standard input instead (all of it, \
+unchanged). A value that starts with `-` goes after `--`, as in `strstore-cli append -- -x`.
+
+Exit status: 0 on success; 1 if the request was rejected (for example a value over the \
+node's size limit), so nothing was applied; 2 for a usage error; 3 if no node could be \
+reached or none answered in time, in which case a write may or may not have been applied."
+)]
+struct Cli {
+    /// Nodes to send the request to, comma-separated. Any node can serve any request; if one
+    /// fails the request is retried at the next.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = ADDR_ENV,
+        default_value = DEFAULT_ADDR,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        value_parser = parse_addr_list
+    )]
+    addr: Addrs,
+
+    /// Give up after this many seconds, retries included.
+    #[arg(
+        long,
+        global = true,
+        default_value = "10",
+        value_name = "SECS",
+        value_parser = parse_secs
+    )]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One subcommand per request type; `status` will join them once nodes report it.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Append VALUE to the end of the string and print the string's new length.
+    Append {
+        /// Bytes to append, or `-` to read them from standard input.
+        value: OsString,
+    },
+    /// Replace the whole string with VALUE and print its new length.
+    Set {
+        /// The new string, or `-` to read it from standard input.
+        value: OsString,
+    },
+    /// Print the whole string, followed by one newline.
+    Get,
+}
+
+/// The parsed `--addr` list (a newtype so clap keeps it as one value).
+#[derive(Clone, Debug)]
+struct Addrs(Vec<String>);
+
+fn parse_addr_list(list: &str) -> Result<Addrs, String> {
+    parse_addrs(list).map(Addrs).map_err(|e| match e {
+        ClientError::Config(message) => message,
+        other => other.to_string(),
+    })
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("must be a positive number of seconds, not {text}"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report(&error),
+    }
+}
+
+/// Logs go to stderr, and only when asked for, so stdout stays exactly the result.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(io::stderr)
+            .init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config =
+        ClientConfig { addrs: cli.addr.0, request_timeout: cli.timeout, ..Default::default() };
+    let max_value_bytes = config.max_reply_bytes;
+    let mut client = Client::new(config)?;
+    let output = match cli.command {
+        Command::Append { value } => {
+            let len = client.append(read_value(value, max_value_bytes)?).await?;
+            format!("{len}\n").into_bytes()
+        }
+        Command::Set { value } => {
+            let len = client.set(read_value(value, max_value_bytes)?).await?;
+            format!("{len}\n").into_bytes()
+        }
+        Command::Get => {
+            let mut value = Vec::from(client.get().await?);
+            value.push(b'\n');
+            value
+        }
+    };
+    write_stdout(&output)
+}
+
+/// The bytes of VALUE, or of standard input for `-`, refusing more than `max` bytes.
+fn read_value(value: OsString, max: usize) -> anyhow::Result<Bytes> {
+    if value != "-" {
+        return Ok(Bytes::from(value.into_encoded_bytes()));
+    }
+    let mut buf = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    io::stdin()
+        .lock()
+        .take(limit)
+        .read_to_end(&mut buf)
+        .context("cannot read the value from standard input")?;
+    if buf.len() > max {
+        anyhow::bail!("standard input holds more than {max} bytes, more than any node accepts");
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Writes the result; a reader that went away early (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn report(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    let client_error = error.downcast_ref::<ClientError>();
+    if let Some(hint) = client_error.and_then(hint) {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(match client_error {
+        Some(e) if e.is_unavailable() => EXIT_UNAVAILABLE,
+        Some(ClientError::Config(_)) => EXIT_USAGE,
+        _ => EXIT_REJECTED,
+    })
+}
+
+fn hint(error: &ClientError) -> Option<&'static str> {
+    Some(match error {
+        ClientError::NoNodeReachable { request_sent: false, .. } => {
+            "start the cluster, or point --addr (or STRSTORE_ADDR) at running nodes; \
+             nothing was applied"
+        }
+        ClientError::NoNodeReachable { request_sent: true, .. } => {
+            "the request reached a node before the cluster became unreachable, so it may or may \
+             not have been applied; run `get` to check before retrying"
+        }
+        ClientError::Timeout { .. } => {
+            "the cluster may be partitioned or overloaded; run `get` to check whether the request \
+             was applied before retrying, or raise --timeout"
+        }
+        ClientError::RequestTooLarge { .. } => "split the value into several appends",
+        ClientError::Protocol(_) => {
+            "the node may run another strstore version than this client; the request may or may \
+             not have been applied"
+        }
+        ClientError::Server(_) | ClientError::Config(_) => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_must_be_positive_numbers() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "-1", "nan", "inf", "ten"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_failure_kind() {
+        let unreachable = ClientError::NoNodeReachable {
+            addrs: DEFAULT_ADDR.into(),
+            last_error: "connection refused".into(),
+            request_sent: false,
+        };
+        assert_eq!(report(&unreachable.into()), ExitCode::from(EXIT_UNAVAILABLE));
+        let too_large =
+            ClientError::Server(strstore_protocol::Error::ValueTooLarge { size: 2, max: 1 });
+        assert_eq!(report(&too_large.into()), ExitCode::from(EXIT_REJECTED));
+    }
+}

@@ -245,7 +245,9 @@ impl Replica {
             self.held.insert(action.id, self.new_held(HeldBody::Write(action), deps));
         }
         self.deliver();
-        self.ready = Ready::default();
+        // Replay produces no messages or replies; what it applied is reported like any other
+        // application so observers can follow the sequence from the start.
+        self.ready = Ready { applied: std::mem::take(&mut self.ready.applied), ..Ready::default() };
     }
 
     fn new_held(&self, body: HeldBody, deps: Option<Deps>) -> Held {

@@ -1,0 +1,289 @@
+//! The client against tiny in-process fake nodes that speak the wire protocol: handshake,
+//! replies, and the retry policy (which node is tried next, and that a retry keeps the same
+//! `(client, seq)`).
+//!
+//! Nothing here depends on timing except the two deadline tests, which only check what
+//! happens once a deadline has passed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use strstore_client::protocol::{
+    ClientFrame, Codec, Error, Reply, Request, Response, ServerFrame, PROTOCOL_VERSION,
+};
+use strstore_client::{Client, ClientConfig, ClientError, Op};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+/// Deadline for requests that are expected to succeed: generous, so a slow CI machine never
+/// turns a pass into a timeout.
+const GENEROUS: Duration = Duration::from_secs(30);
+
+/// How a fake node treats requests.
+type Behaviour = dyn Fn(&Request) -> Action + Send + Sync;
+
+/// What a fake node does with one request.
+enum Action {
+    Reply(Result<Response, Error>),
+    /// Send a reply to some other request first, then this one.
+    ReplyAfterStray(Result<Response, Error>),
+    /// Close the connection without answering.
+    Hangup,
+    /// Keep the connection open and never answer.
+    Ignore,
+}
+
+/// A fake node listening on 127.0.0.1 with an OS-chosen port.
+struct FakeNode {
+    addr: String,
+    /// Every request received, in order.
+    requests: Arc<Mutex<Vec<Request>>>,
+    /// Number of connections accepted.
+    connections: Arc<Mutex<usize>>,
+}
+
+impl FakeNode {
+    /// A node that welcomes every client and answers requests as `behaviour` says.
+    async fn start(behaviour: impl Fn(&Request) -> Action + Send + Sync + 'static) -> Self {
+        Self::start_with(None, Arc::new(behaviour)).await
+    }
+
+    /// A node that answers every hello with `Goodbye(error)`.
+    async fn refusing(error: Error) -> Self {
+        Self::start_with(Some(error), Arc::new(|_: &Request| Action::Ignore)).await
+    }
+
+    async fn start_with(goodbye: Option<Error>, behaviour: Arc<Behaviour>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let (log, count) = (requests.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                *count.lock().unwrap() += 1;
+                tokio::spawn(serve(socket, goodbye.clone(), behaviour.clone(), log.clone()));
+            }
+        });
+        Self { addr, requests, connections }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        *self.connections.lock().unwrap()
+    }
+}
+
+async fn serve(
+    socket: TcpStream,
+    goodbye: Option<Error>,
+    behaviour: Arc<Behaviour>,
+    log: Arc<Mutex<Vec<Request>>>,
+) {
+    let mut framed = Framed::new(socket, Codec::<ClientFrame, ServerFrame>::default());
+    match framed.next().await {
+        Some(Ok(ClientFrame::Hello(hello))) => assert_eq!(hello.version, PROTOCOL_VERSION),
+        other => panic!("expected a hello first, got {other:?}"),
+    }
+    if let Some(error) = goodbye {
+        framed.send(ServerFrame::Goodbye(error)).await.unwrap();
+        return;
+    }
+    framed.send(ServerFrame::Welcome { version: PROTOCOL_VERSION, node: 7 }).await.unwrap();
+    while let Some(Ok(frame)) = framed.next().await {
+        let ClientFrame::Request(request) = frame else { panic!("second hello") };
+        log.lock().unwrap().push(request.clone());
+        let seq = request.seq;
+        let result = match behaviour(&request) {
+            Action::Reply(result) => result,
+            Action::ReplyAfterStray(result) => {
+                let stray = Reply { seq: seq + 100, result: Ok(Response::Len(999)) };
+                framed.send(ServerFrame::Reply(stray)).await.unwrap();
+                result
+            }
+            Action::Hangup => return,
+            Action::Ignore => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        };
+        if framed.send(ServerFrame::Reply(Reply { seq, result })).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An address nothing listens on: bind a port, then free it.
+async fn dead_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn config(addrs: &[&str], request_timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        request_timeout,
+        ..ClientConfig::default()
+    }
+}
+
+fn len_of_value(request: &Request) -> Action {
+    match &request.op {
+        Op::Append(v) | Op::Set(v) => Action::Reply(Ok(Response::Len(v.len() as u64 + 40))),
+        Op::Get => Action::Reply(Ok(Response::Value("hello".into()))),
+    }
+}
+
+fn unavailable() -> Error {
+    Error::Unavailable { reason: "not a member".into(), try_nodes: vec![] }
+}
+
+#[tokio::test]
+async fn handshake_then_requests_numbered_from_one() {
+    let node = FakeNode::start(len_of_value).await;
+    let mut client = Client::new(config(&[&node.addr], GENEROUS)).unwrap();
+    assert_eq!(client.append("abc").await.unwrap(), 43, "the length the node returned");
+    assert_eq!(client.set("abcd").await.unwrap(), 44);
+    assert_eq!(&client.get().await.unwrap()[..], b"hello");
+    assert_eq!(client.connected_node(), Some(7));
+
+    let requests = node.requests();
+    let seqs: Vec<_> = requests.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert!(requests.iter().all(|r| r.client == client.client_id()));
+    assert_eq!(requests[0].op, Op::Append("abc".into()));
+    assert_eq!(node.connections(), 1, "one connection serves every request");
+}
+
+#[tokio::test]
+async fn retryable_error_moves_to_next_node_with_same_identity() {
+    let sick = FakeNode::start(|_| Action::Reply(Err(unavailable()))).await;
+    let healthy = FakeNode::start(len_of_value).await;
+    let mut client = Client::new(config(&[&sick.addr, &healthy.addr], GENEROUS)).unwrap();
+
+    assert_eq!(client.append("xy").await.unwrap(), 42);
+    let (tried, served) = (sick.requests(), healthy.requests());
+    assert_eq!(tried.len(), 1);
+    assert_eq!(served, tried, "the retry carries the same client id, seq and op");
+    assert_eq!((served[0].client, served[0].seq), (client.client_id(), 1));
+
+    // The next request starts at the node that answered.
+    client.append("z").await.unwrap();
+    assert_eq!(sick.requests().len(), 1);
+    assert_eq!(healthy.requests()[1].seq, 2);
+}
+
+#[tokio::test]
+async fn dead_first_address_is_skipped() {
+    let dead = dead_addr().await;
+    let node = FakeNode::start(len_of_value).await;
+    let mut client = Client::new(config(&[&dead, &node.addr], GENEROUS)).unwrap();
+    assert_eq!(client.append("a").await.unwrap(), 41);
+    assert_eq!(node.requests()[0].seq, 1);
+    assert_eq!(client.current_addr(), node.addr);
+}
+
+#[tokio::test]
+async fn lost_connection_is_retried_with_same_seq() {
+    let node = FakeNode::start({
+        let calls = Mutex::new(0);
+        move |request| {
+            let mut calls = calls.lock().unwrap();
+            *calls += 1;
+            if *calls == 1 {
+                Action::Hangup
+            } else {
+                len_of_value(request)
+            }
+        }
+    })
+    .await;
+    let mut client = Client::new(config(&[&node.addr], GENEROUS)).unwrap();
+    assert_eq!(client.append("a").await.unwrap(), 41);
+    let seqs: Vec<_> = node.requests().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 1], "the same request, sent again after reconnecting");
+    assert_eq!(node.connections(), 2);
+}
+
+#[tokio::test]
+async fn version_mismatch_goodbye_is_a_server_error_without_retry() {
+    let mismatch = Error::VersionMismatch { ours: PROTOCOL_VERSION + 1, theirs: PROTOCOL_VERSION };
+    let refusing = FakeNode::refusing(mismatch.clone()).await;
+    let healthy = FakeNode::start(len_of_value).await;
+    let mut client = Client::new(config(&[&refusing.addr, &healthy.addr], GENEROUS)).unwrap();
+    match client.append("a").await {
+        Err(ClientError::Server(error)) => assert_eq!(error, mismatch),
+        other => panic!("expected the version mismatch, got {other:?}"),
+    }
+    assert!(healthy.requests().is_empty(), "a non-retryable error is not retried elsewhere");
+}
+
+#[tokio::test]
+async fn rejected_request_returns_at_once_and_keeps_the_connection() {
+    let too_large = Error::ValueTooLarge { size: 5, max: 4 };
+    let node = FakeNode::start({
+        let too_large = too_large.clone();
+        move |request| match request.op {
+            Op::Append(_) => Action::Reply(Err(too_large.clone())),
+            _ => len_of_value(request),
+        }
+    })
+    .await;
+    let mut client = Client::new(config(&[&node.addr], GENEROUS)).unwrap();
+    let error = client.append("abcde").await.unwrap_err();
+    assert!(matches!(&error, ClientError::Server(e) if *e == too_large), "{error:?}");
+    assert!(!error.is_outcome_unknown());
+    assert_eq!(client.set("x").await.unwrap(), 41);
+    assert_eq!(node.requests().len(), 2, "the rejected request was sent once");
+    assert_eq!(node.connections(), 1);
+}
+
+#[tokio::test]
+async fn replies_to_other_requests_are_skipped() {
+    let node = FakeNode::start(|request| match len_of_value(request) {
+        Action::Reply(result) => Action::ReplyAfterStray(result),
+        other => other,
+    })
+    .await;
+    let mut client = Client::new(config(&[&node.addr], GENEROUS)).unwrap();
+    assert_eq!(client.append("ab").await.unwrap(), 42);
+}
+
+#[tokio::test]
+async fn explicit_identity_and_seq_are_sent_as_given() {
+    let node = FakeNode::start(len_of_value).await;
+    let mut client = Client::with_identity(config(&[&node.addr], GENEROUS), 99, 5).unwrap();
+    client.append("a").await.unwrap();
+    client.execute_with_seq(5, Op::Append("a".into())).await.unwrap();
+    client.execute(Op::Get).await.unwrap();
+    let sent: Vec<_> = node.requests().iter().map(|r| (r.client, r.seq)).collect();
+    assert_eq!(sent, [(99, 5), (99, 5), (99, 6)]);
+}
+
+#[tokio::test]
+async fn nothing_listening_is_no_node_reachable() {
+    let (a, b) = (dead_addr().await, dead_addr().await);
+    let mut client = Client::new(config(&[&a, &b], Duration::from_millis(300))).unwrap();
+    let error = client.get().await.unwrap_err();
+    let ClientError::NoNodeReachable { addrs, request_sent, .. } = &error else {
+        panic!("expected NoNodeReachable, got {error:?}");
+    };
+    assert_eq!(*addrs, format!("{a}, {b}"));
+    assert!(!request_sent);
+    assert!(!error.is_outcome_unknown());
+    assert!(error.to_string().contains("is the cluster up?"), "{error}");
+}
+
+#[tokio::test]
+async fn silent_node_is_a_timeout_with_unknown_outcome() {
+    let node = FakeNode::start(|_| Action::Ignore).await;
+    let mut client = Client::new(config(&[&node.addr], Duration::from_millis(300))).unwrap();
+    let error = client.append("a").await.unwrap_err();
+    assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+    assert!(error.is_outcome_unknown());
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Runs a strstore cluster of local processes on loopback.
+#
+#   deploy/local-cluster.sh start [N]   build release binaries, start N nodes (default 3)
+#   deploy/local-cluster.sh stop        stop them (SIGTERM: they flush and exit)
+#   deploy/local-cluster.sh status      which nodes run, where, and what they logged last
+#   deploy/local-cluster.sh wipe        stop and delete all data
+#
+# Node i listens for clients on 127.0.0.1:(7378+i) and for peers on 127.0.0.1:(7478+i); data
+# and logs live in .cluster/ at the top of the checkout (override with STRSTORE_CLUSTER_DIR).
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+dir=${STRSTORE_CLUSTER_DIR:-$top/.cluster}
+bin=$top/target/release
+
+client_port() { echo $((7378 + $1)); }
+peer_port() { echo $((7478 + $1)); }
+
+wait_port() {
+  local port=$1 deadline=$((SECONDS + 30))
+  until (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; do
+    if ((SECONDS > deadline)); then return 1; fi
+    sleep 0.1
+  done
+}
+
+running_pid() {
+  local pidfile=$dir/n$1.pid
+  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+}
+
+start() {
+  local n=${1:-3}
+  echo "building release binaries (first build takes a few minutes)..."
+  (cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client --bins)
+  mkdir -p "$dir"
+  local peers="" addrs=""
+  for i in $(seq 1 "$n"); do
+    peers+="${peers:+,}$i=127.0.0.1:$(peer_port "$i")"
+    addrs+="${addrs:+,}127.0.0.1:$(client_port "$i")"
+  done
+  echo "$n" > "$dir/size"
+  for i in $(seq 1 "$n"); do
+    if pid=$(running_pid "$i"); then
+      echo "n$i already running (pid $pid)"
+      continue
+    fi
+    nohup "$bin/strstore-server" --id "$i" \
+      --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
+      --peers "$peers" --data-dir "$dir/n$i" >>"$dir/n$i.log" 2>&1 &
+    echo $! > "$dir/n$i.pid"
+  done
+  for i in $(seq 1 "$n"); do
+    if ! wait_port "$(client_port "$i")"; then
+      echo "n$i did not start; its log ($dir/n$i.log) ends with:" >&2
+      tail -n 20 "$dir/n$i.log" >&2
+      exit 1
+    fi
+  done
+  cat <<MSG
+strstore: $n nodes up on loopback (data and logs in $dir)
+$(for i in $(seq 1 "$n"); do echo "  n$i  clients 127.0.0.1:$(client_port "$i")  peers 127.0.0.1:$(peer_port "$i")"; done)
+
+Try it:
+  export PATH=$bin:\$PATH STRSTORE_ADDR=$addrs
+  strstore-cli append hello
+  strstore-cli get
+Stop it:  deploy/local-cluster.sh stop
+MSG
+}
+
+stop() {
+  local any=0
+  for pidfile in "$dir"/n*.pid; do
+    [[ -f $pidfile ]] || continue
+    local pid; pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"; any=1
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    rm -f "$pidfile"
+  done
+  ((any)) && echo "stopped" || echo "nothing running"
+}
+
+status() {
+  local n; n=$(cat "$dir/size" 2>/dev/null || echo 0)
+  for i in $(seq 1 "$n"); do
+    if pid=$(running_pid "$i"); then
+      echo "n$i  running (pid $pid)  clients 127.0.0.1:$(client_port "$i")"
+    else
+      echo "n$i  stopped; last log line: $(tail -n 1 "$dir/n$i.log" 2>/dev/null)"
+    fi
+  done
+}
+
+case ${1:-} in
+  start) start "${2:-3}" ;;
+  stop) stop ;;
+  status) status ;;
+  wipe) stop; rm -rf "$dir"; echo "wiped $dir" ;;
+  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

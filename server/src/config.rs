@@ -1,0 +1,193 @@
+//! Command-line configuration of a node, with defaults in one place and a `validate` that
+//! says exactly what is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use strstore_protocol::{NodeId, DEFAULT_MAX_FRAME_BYTES};
+
+use crate::replica::{self, Limits};
+
+/// Flags of `strstore-server` (run mode).
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// This node's id. Must appear in --peers when --peers is given.
+    #[arg(long, default_value_t = 1, env = "STRSTORE_ID")]
+    pub id: NodeId,
+
+    /// Address clients connect to.
+    #[arg(long, default_value = "127.0.0.1:7379", env = "STRSTORE_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Address other nodes connect to. Defaults to this node's entry in --peers.
+    #[arg(long, env = "STRSTORE_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// Every node of the cluster with its peer address, this node included:
+    /// `1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103`. Empty: a single-node store.
+    #[arg(long, default_value = "", env = "STRSTORE_PEERS")]
+    pub peers: String,
+
+    /// Directory of the node's durable log. Created if missing.
+    #[arg(long, default_value = "strstore-data", env = "STRSTORE_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Id of the node that starts as master (membership; defaults to the lowest id).
+    #[arg(long, env = "STRSTORE_MASTER")]
+    pub master: Option<NodeId>,
+
+    /// Largest value an append or set may carry, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_value_bytes: u64,
+
+    /// Largest the string may grow to, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_string_bytes: u64,
+
+    /// Largest frame accepted from a client or peer, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+
+    /// Length of one engine tick in milliseconds (re-send timers count in ticks).
+    #[arg(long, default_value_t = 10)]
+    pub tick_ms: u64,
+
+    /// Most own actions awaiting commit at once.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+
+    /// Most client connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub peer_listen: Option<SocketAddr>,
+    /// Peer address of every member, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub max_frame_bytes: usize,
+    pub tick: Duration,
+    pub window: usize,
+    pub max_connections: usize,
+}
+
+/// A configuration mistake, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--peers entry {entry:?} is not ID=HOST:PORT (for example 2=127.0.0.1:7102)")]
+    BadPeer { entry: String },
+    #[error("--peers names node {0} twice")]
+    DuplicatePeer(NodeId),
+    #[error("--id {id} is not in --peers ({peers}); a node must be one of the listed peers")]
+    NotInPeers { id: NodeId, peers: String },
+    #[error("--peers is given but this node's peer address is unknown: add {id}=HOST:PORT or pass --peer-listen")]
+    NoPeerListen { id: NodeId },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ConfigError::BadPeer { entry: entry.to_string() };
+        let (id, addr) = entry.split_once('=').ok_or_else(bad)?;
+        let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(bad());
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(ConfigError::DuplicatePeer(id));
+        }
+    }
+    Ok(peers)
+}
+
+impl NodeArgs {
+    /// Checks the flags and fills in derived values.
+    pub fn validate(&self) -> Result<NodeConfig, ConfigError> {
+        let mut peers = parse_peers(&self.peers)?;
+        if peers.is_empty() {
+            peers.insert(self.id, self.peer_listen.map(|a| a.to_string()).unwrap_or_default());
+        }
+        if !peers.contains_key(&self.id) {
+            let list = peers.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",");
+            return Err(ConfigError::NotInPeers { id: self.id, peers: list });
+        }
+        let peer_listen = match self.peer_listen {
+            Some(a) => Some(a),
+            None if peers.len() == 1 => None,
+            None => Some(
+                peers[&self.id].parse().map_err(|_| ConfigError::NoPeerListen { id: self.id })?,
+            ),
+        };
+        if self.max_value_bytes == 0 || self.max_string_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-value-bytes and --max-string-bytes must be > 0".into(),
+            ));
+        }
+        if self.max_value_bytes as usize + 1024 > self.max_frame_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "--max-frame-bytes ({}) must exceed --max-value-bytes ({}) by at least 1 KiB",
+                self.max_frame_bytes, self.max_value_bytes
+            )));
+        }
+        if self.tick_ms == 0 || self.window == 0 || self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "--tick-ms, --window and --max-connections must be > 0".into(),
+            ));
+        }
+        Ok(NodeConfig {
+            id: self.id,
+            listen: self.listen,
+            peer_listen,
+            peers,
+            data_dir: self.data_dir.clone(),
+            limits: Limits {
+                max_value_bytes: self.max_value_bytes,
+                max_string_bytes: self.max_string_bytes,
+            },
+            max_frame_bytes: self.max_frame_bytes,
+            tick: Duration::from_millis(self.tick_ms),
+            window: self.window,
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+impl NodeConfig {
+    /// The engine's configuration for this node.
+    pub fn replica_config(&self) -> replica::Config {
+        let mut cfg = replica::Config::new(self.id, self.peers.keys().copied().collect());
+        cfg.limits = self.limits;
+        cfg.window = self.window;
+        // An action must fit in a frame with room for its header.
+        cfg.max_action_bytes = cfg.max_action_bytes.min(self.max_frame_bytes / 2);
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject() {
+        let p = parse_peers("1=127.0.0.1:7101, 2=node2:7102").unwrap();
+        assert_eq!(p[&2], "node2:7102");
+        assert!(matches!(parse_peers("1=127.0.0.1"), Err(ConfigError::BadPeer { .. })));
+        assert!(matches!(parse_peers("x=a:1"), Err(ConfigError::BadPeer { .. })));
+        assert!(matches!(parse_peers("1=a:1,1=b:2"), Err(ConfigError::DuplicatePeer(1))));
+        assert!(parse_peers("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,96 @@
+//! The log writer thread: group commit.
+//!
+//! The engine hands over jobs (records to log, messages to send once they are durable). The
+//! thread takes every job waiting, appends them all, syncs once, then releases their messages
+//! in order. While it syncs, new jobs queue up and share the next sync: that is how one fsync
+//! comes to cover many actions.
+
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use strstore_protocol::{Envelope, NodeId};
+use tokio::sync::mpsc;
+use tracing::error;
+
+use crate::log::LogStore;
+use crate::replica::LogRecord;
+use crate::server::Input;
+use crate::transport::PeerSenders;
+
+/// One engine step's durable work.
+pub struct LogJob {
+    pub records: Vec<LogRecord>,
+    pub after_sync: Vec<Envelope>,
+}
+
+/// Handle to the writer thread; dropping the sender side ends it after a final sync.
+pub struct LogWriter {
+    jobs: std_mpsc::Sender<LogJob>,
+    thread: JoinHandle<()>,
+}
+
+impl LogWriter {
+    /// Starts the thread. Messages to `me` go back to the engine through `inbox`.
+    pub fn spawn<L: LogStore + Send + 'static>(
+        mut log: L,
+        me: NodeId,
+        inbox: mpsc::Sender<Input>,
+        peers: PeerSenders,
+    ) -> Self {
+        let (jobs, rx) = std_mpsc::channel::<LogJob>();
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    write_durably(&mut log, &batch);
+                    for env in batch.into_iter().flat_map(|j| j.after_sync) {
+                        if env.to == me {
+                            if inbox.blocking_send(Input::Peer(env)).is_err() {
+                                return; // engine gone: shutting down
+                            }
+                        } else {
+                            peers.send(env);
+                        }
+                    }
+                }
+            })
+            .expect("spawning the log writer thread");
+        Self { jobs, thread }
+    }
+
+    /// Queues a job. Never blocks.
+    pub fn submit(&self, job: LogJob) {
+        // The thread only ends when this sender is dropped, or after it aborted the process.
+        let _ = self.jobs.send(job);
+    }
+
+    /// Waits until everything submitted is durable and the thread has ended.
+    pub fn close(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
+    }
+}
+
+fn write_durably<L: LogStore>(log: &mut L, batch: &[LogJob]) {
+    let mut wrote = false;
+    for job in batch.iter().filter(|j| !j.records.is_empty()) {
+        wrote = true;
+        if let Err(e) = log.append(&job.records) {
+            crash(&e);
+        }
+    }
+    if wrote {
+        if let Err(e) = log.sync() {
+            crash(&e);
+        }
+    }
+}
+
+/// A log that cannot be written means acks we cannot honour: stop at once, send nothing more.
+fn crash(e: &crate::log::LogError) -> ! {
+    error!(error = %e, "the durable log failed; stopping the node so that nothing unlogged is acknowledged");
+    eprintln!("strstore-server: fatal: durable log failed: {e}");
+    std::process::abort();
+}

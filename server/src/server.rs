@@ -1,0 +1,207 @@
+//! The node: one task owns the replication engine and connects it to clients, peers and the
+//! log writer through channels. No lock guards engine state.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use strstore_protocol::{Envelope, Reply, Request};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::client_conn;
+use crate::config::NodeConfig;
+use crate::log::{LogError, LogStore, SledLog};
+use crate::log_writer::{LogJob, LogWriter};
+use crate::replica::{Ready, Replica, WaiterId};
+use crate::transport::{self, PeerSenders};
+
+/// Inputs queued for the engine before senders wait. Bounds memory under overload; the
+/// waiting then pushes back on client and peer connections.
+const INBOX_CAPACITY: usize = 65_536;
+
+/// Most inputs handled before the engine cuts an action, so batches stay bounded and ticks
+/// are not starved.
+const MAX_INPUTS_PER_STEP: usize = 4096;
+
+/// What reaches the engine task.
+pub enum Input {
+    /// A client request and where its reply goes.
+    Request { req: Request, reply: mpsc::UnboundedSender<Reply> },
+    /// A message from a peer, or an after-sync message to ourselves from the log writer.
+    Peer(Envelope),
+}
+
+/// Why a node could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the log in {path}: {source} (is another strstore-server using it?)")]
+    OpenLog { path: String, source: LogError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Addresses a running node is listening on (useful when binding port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub client: SocketAddr,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Runs a node until `shutdown` resolves, then flushes the log and returns.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServerError> {
+    let dir = cfg.data_dir.display().to_string();
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
+    let log = SledLog::open(&cfg.data_dir)
+        .map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
+    let restored =
+        log.load().map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
+    let replica = Replica::new(cfg.replica_config(), restored);
+    let stats = replica.stats();
+    info!(
+        id = cfg.id,
+        members = ?cfg.peers.keys().collect::<Vec<_>>(),
+        data_dir = %dir,
+        applied_actions = stats.applied_actions,
+        string_bytes = replica.value().len(),
+        "node starting"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+
+    let client_listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
+    let peer_listener = match cfg.peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let bound = Bound {
+        client: client_listener.local_addr().expect("bound socket has an address"),
+        peer: peer_listener.as_ref().map(|l| l.local_addr().expect("bound socket has an address")),
+    };
+
+    let peers = PeerSenders::start(cfg.id, &cfg.peers, cfg.max_frame_bytes, stop_rx.clone());
+    if let Some(listener) = peer_listener {
+        let members = cfg.peers.keys().copied().collect();
+        tokio::spawn(transport::accept_peers(
+            listener,
+            cfg.id,
+            members,
+            cfg.max_frame_bytes,
+            inbox_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let limits = client_conn::ConnLimits {
+        node: cfg.id,
+        max_frame_bytes: cfg.max_frame_bytes,
+        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+    };
+    tokio::spawn(client_conn::accept_clients(
+        client_listener,
+        limits,
+        inbox_tx.clone(),
+        stop_rx.clone(),
+    ));
+    let writer = LogWriter::spawn(log, cfg.id, inbox_tx.clone(), peers.clone());
+    drop(inbox_tx);
+
+    info!(client = %bound.client, peer = ?bound.peer, "node ready");
+    on_bound(bound);
+    let engine = Engine { replica, writer, peers, waiters: HashMap::new(), next_waiter: 1 };
+    let writer = engine.run(inbox_rx, cfg.tick, shutdown).await;
+    let _ = stop_tx.send(true);
+    writer.close();
+    info!("node stopped; log flushed");
+    Ok(())
+}
+
+/// The engine task's state.
+struct Engine {
+    replica: Replica,
+    writer: LogWriter,
+    peers: PeerSenders,
+    waiters: HashMap<WaiterId, mpsc::UnboundedSender<Reply>>,
+    next_waiter: WaiterId,
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input>,
+        tick: std::time::Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> LogWriter {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                input = inbox.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    for _ in 1..MAX_INPUTS_PER_STEP {
+                        match inbox.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => self.replica.tick(),
+            }
+            self.replica.propose();
+            let ready = self.replica.take_ready();
+            self.dispatch(ready);
+        }
+        info!("shutting down: no new requests; flushing the log");
+        self.writer
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Request { req, reply } => {
+                let waiter = self.next_waiter;
+                self.next_waiter += 1;
+                self.waiters.insert(waiter, reply);
+                self.replica.client_request(waiter, req);
+            }
+            Input::Peer(env) => self.replica.step(env),
+        }
+    }
+
+    fn dispatch(&mut self, ready: Ready) {
+        if !ready.log.is_empty() || !ready.after_sync.is_empty() {
+            self.writer.submit(LogJob { records: ready.log, after_sync: ready.after_sync });
+        }
+        for env in ready.messages {
+            if env.to == self.replica.id() {
+                warn!(?env, "engine addressed a plain message to itself; dropped");
+            } else {
+                self.peers.send(env);
+            }
+        }
+        for r in ready.replies {
+            match self.waiters.remove(&r.waiter) {
+                Some(tx) => {
+                    let _ = tx.send(r.reply);
+                }
+                None => debug!(waiter = r.waiter, "reply for a vanished waiter"),
+            }
+        }
+    }
+}
