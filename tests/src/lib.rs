@@ -1,2 +1,6 @@
 //! Test support for strstore: the history checker, the deterministic simulation and the
 //! multi-process cluster harness.
+
+pub mod checker;
+pub mod cluster;
+pub mod sim;

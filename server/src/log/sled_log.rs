@@ -140,7 +140,18 @@ mod tests {
             .unwrap();
             log.sync().unwrap();
         }
-        let log = SledLog::open(dir.path()).unwrap();
+        // sled's background flusher may hold the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let log = loop {
+            match SledLog::open(dir.path()) {
+                Ok(log) => break log,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the log: {e}"),
+            }
+        };
         let restored = log.load().unwrap();
         assert_eq!(restored.actions, vec![action]);
         assert_eq!(restored.commits, vec![(Timestamp::new(5, 2), vec![(2, 0)])]);
