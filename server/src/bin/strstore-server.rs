@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = cli.node.validate().context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

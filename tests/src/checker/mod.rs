@@ -1,0 +1,253 @@
+//! The history checker: does a recorded run of strstore satisfy the invariants?
+//!
+//! Recorders (the deterministic simulation, the chaos test) write a [`History`] of client ops
+//! and the final [`ReplicaState`] of each replica; [`check`] returns a [`Report`] listing
+//! every [`Anomaly`] found. See `docs/checker.md` for the rules in prose.
+//!
+//! Layout:
+//!
+//! * `history`: the data model and its JSON-lines form.
+//! * `token`: the token format generators must use for written values ([`token()`]).
+//! * `replicas`: the final-state comparison (total order).
+//! * `direct`, `layout`, `reads`: linear-time checks for token histories; necessary
+//!   conditions, each reported anomaly is a real violation.
+//! * `linearizable`, `jit`, `model`, `fingerprint`: the complete, budgeted linearizability
+//!   search for small histories.
+//! * `anomaly`: what can be reported.
+//!
+//! [`check`] runs the replica comparison always, the direct checks when every write is made
+//! of unique tokens, and the search when the history is small enough
+//! ([`CheckConfig::search_max_ops`]).
+
+mod anomaly;
+mod direct;
+mod fingerprint;
+mod history;
+mod jit;
+mod jsonl;
+mod layout;
+mod linearizable;
+mod model;
+mod ops;
+mod reads;
+mod replicas;
+mod token;
+
+#[cfg(test)]
+mod randomized;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+pub use anomaly::{Anomaly, Divergence, Location, OpRef, Source, Stuck};
+pub use history::{ActionId, History, OkValue, Op, OpIndex, OpKind, Outcome, ReplicaState};
+pub use jsonl::JsonlError;
+pub use token::{parse_token, token, tokenize, tokens, Malformed, Span, TokenId, Tokens};
+
+use layout::WriteIndex;
+use linearizable::SearchResult;
+use ops::Sink;
+
+/// Default for [`CheckConfig::search_max_ops`]: the search is memoized and usually near
+/// linear, but its worst case is exponential in the concurrency, so very long histories are
+/// left to the direct checks.
+pub const DEFAULT_SEARCH_MAX_OPS: usize = 2000;
+
+/// Default for [`CheckConfig::search_max_steps`]: about a second of search at worst, and
+/// about 30 MB of memo, so that a pathological history cannot hang a simulation run.
+pub const DEFAULT_SEARCH_MAX_STEPS: u64 = 2_000_000;
+
+/// Default for [`CheckConfig::max_anomalies_per_kind`]: enough to see a pattern, few enough
+/// to read.
+pub const DEFAULT_MAX_ANOMALIES_PER_KIND: usize = 20;
+
+/// Knobs for [`check_with`]; [`CheckConfig::default`] suits both the simulation and the
+/// chaos test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckConfig {
+    /// Run the direct checks when they apply. Off only to test the search on its own.
+    pub direct: bool,
+    /// Run the search when the history has at most this many ops that can take effect or
+    /// constrain the result (0 turns it off).
+    pub search_max_ops: usize,
+    /// Give up the search after this many steps and report [`Anomaly::SearchBudgetExceeded`].
+    pub search_max_steps: u64,
+    /// Require every replica to have applied the same actions. Turn it off when the final
+    /// states include a replica that is known to be behind (e.g. dead at the end).
+    pub require_converged_replicas: bool,
+    /// Keep at most this many failures of each kind (the rest are counted in
+    /// [`Report::dropped`]).
+    pub max_anomalies_per_kind: usize,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        Self {
+            direct: true,
+            search_max_ops: DEFAULT_SEARCH_MAX_OPS,
+            search_max_steps: DEFAULT_SEARCH_MAX_STEPS,
+            require_converged_replicas: true,
+            max_anomalies_per_kind: DEFAULT_MAX_ANOMALIES_PER_KIND,
+        }
+    }
+}
+
+/// Whether a layer of the checker ran on a history, so that a clean report says what it
+/// proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// The layer ran to completion.
+    Ran,
+    /// The layer ran out of budget; nothing was concluded.
+    GaveUp,
+    /// The layer did not apply, for this reason.
+    Skipped(String),
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layer::Ran => f.write_str("ran"),
+            Layer::GaveUp => f.write_str("gave up"),
+            Layer::Skipped(why) => write!(f, "skipped ({why})"),
+        }
+    }
+}
+
+/// The verdict on one history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Failures first found, then warnings ([`Anomaly::is_warning`]).
+    pub anomalies: Vec<Anomaly>,
+    /// Failures not listed because of [`CheckConfig::max_anomalies_per_kind`].
+    pub dropped: usize,
+    /// True when something could not be decided: the search gave up, or no layer applied.
+    pub inconclusive: bool,
+    /// What the direct checks did.
+    pub direct: Layer,
+    /// What the search did.
+    pub search: Layer,
+    /// Steps the search took (0 if it did not run).
+    pub search_steps: u64,
+}
+
+impl Report {
+    /// True when no failure was found. Inconclusive reports are ok; see
+    /// [`Report::inconclusive`].
+    pub fn is_ok(&self) -> bool {
+        self.dropped == 0 && self.failures().next().is_none()
+    }
+
+    /// The anomalies that are violations, not warnings.
+    pub fn failures(&self) -> impl Iterator<Item = &Anomaly> {
+        self.anomalies.iter().filter(|anomaly| !anomaly.is_warning())
+    }
+
+    /// True when some anomaly of this kind ([`Anomaly::kind`]) was found.
+    pub fn has(&self, kind: &str) -> bool {
+        self.anomalies.iter().any(|anomaly| anomaly.kind() == kind)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failures = self.failures().count() + self.dropped;
+        let verdict = match (failures, self.inconclusive) {
+            (0, false) => "history OK".to_string(),
+            (0, true) => "history OK so far (inconclusive)".to_string(),
+            (1, _) => "1 anomaly".to_string(),
+            (n, _) => format!("{n} anomalies"),
+        };
+        write!(f, "{verdict} (direct checks: {}; search: {}", self.direct, self.search)?;
+        if self.search == Layer::Ran || self.search == Layer::GaveUp {
+            write!(f, ", {} steps", self.search_steps)?;
+        }
+        f.write_str(")")?;
+        for (i, anomaly) in self.anomalies.iter().enumerate() {
+            write!(f, "\n  {}. {anomaly}", i + 1)?;
+        }
+        if self.dropped > 0 {
+            write!(f, "\n  ... and {} more", self.dropped)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `history` and the final `replicas` (may be empty) with the default config.
+pub fn check(history: &History, replicas: &[ReplicaState]) -> Report {
+    check_with(history, replicas, &CheckConfig::default())
+}
+
+/// Checks `history` and the final `replicas` (may be empty).
+pub fn check_with(history: &History, replicas: &[ReplicaState], config: &CheckConfig) -> Report {
+    let mut sink = Sink::new(history, config.max_anomalies_per_kind);
+    let reference = replicas::compare(replicas, config.require_converged_replicas, &mut sink);
+    let final_string = reference.map(|r| (Source::Replica(r.node), r.string.as_slice()));
+    let ops = ops::normalize(history, &mut sink);
+
+    let index = WriteIndex::build(&ops);
+    let direct = match (config.direct, &index) {
+        (false, _) => Layer::Skipped("disabled".into()),
+        (true, Err(why)) => Layer::Skipped(why.clone()),
+        (true, Ok(index)) => {
+            direct::check(&ops, index, final_string, &mut sink);
+            Layer::Ran
+        }
+    };
+
+    let final_bytes = final_string.map(|(_, bytes)| bytes);
+    let (search, search_steps) =
+        run_search(&ops, index.as_ref().ok(), final_bytes, config, &mut sink);
+
+    let inconclusive = search == Layer::GaveUp || (direct != Layer::Ran && search != Layer::Ran);
+    if direct != Layer::Ran && matches!(search, Layer::Skipped(_)) {
+        let reason = format!("direct checks: {direct}; search: {search}");
+        sink.push(Anomaly::NotChecked { reason });
+    }
+    let (mut anomalies, dropped) = sink.finish();
+    anomalies.sort_by_key(Anomaly::is_warning);
+    Report { anomalies, dropped, inconclusive, direct, search, search_steps }
+}
+
+/// Runs the search if the history is small enough, reporting into `sink`.
+fn run_search(
+    ops: &[ops::NormOp<'_>],
+    index: Option<&WriteIndex>,
+    final_string: Option<&[u8]>,
+    config: &CheckConfig,
+    sink: &mut Sink<'_>,
+) -> (Layer, u64) {
+    let searched = linearizable::searched_ops(ops);
+    if config.search_max_ops == 0 {
+        return (Layer::Skipped("disabled".into()), 0);
+    }
+    if searched > config.search_max_ops {
+        return (Layer::Skipped(format!("{searched} ops, more than {}", config.search_max_ops)), 0);
+    }
+    let seen = index.map(|index| layout::observations(ops, index, final_string));
+    let result = linearizable::search(ops, final_string, seen.as_deref(), config.search_max_steps);
+    report_search(result, searched, sink)
+}
+
+fn report_search(result: SearchResult, total: usize, sink: &mut Sink<'_>) -> (Layer, u64) {
+    match result {
+        SearchResult::Linearizable { steps } => (Layer::Ran, steps),
+        SearchResult::NotLinearizable { steps, deepest } => {
+            const TAIL: usize = 8;
+            let skip = deepest.linearized.len().saturating_sub(TAIL);
+            let tail = deepest.linearized[skip..].iter().map(|&op| sink.op(op)).collect();
+            let stuck = match deepest.stuck {
+                Some(op) => Stuck::Op(sink.op(op)),
+                None => Stuck::FinalState,
+            };
+            let (linearized, state_len) = (deepest.linearized.len(), deepest.state_len);
+            sink.push(Anomaly::NotLinearizable { linearized, total, stuck, tail, state_len });
+            (Layer::Ran, steps)
+        }
+        SearchResult::BudgetExceeded { steps, deepest } => {
+            sink.push(Anomaly::SearchBudgetExceeded { steps, ops: total, deepest });
+            (Layer::GaveUp, steps)
+        }
+    }
+}

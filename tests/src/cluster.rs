@@ -1,0 +1,221 @@
+//! Real processes on loopback: start `strstore-server` nodes in temporary directories, drive
+//! them with the real `strstore-cli`, kill them with SIGKILL and restart them.
+//!
+//! Binaries are built once per test process (`cargo build --bins`, same profile as the
+//! tests), so `cargo test` alone is enough. Every child is killed when its handle drops.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a node may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Directory holding the built binaries (target/debug or target/release).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test>-<hash>
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "strstore-server", "-p", "strstore-client", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the binaries");
+        assert!(status.success(), "building strstore binaries failed");
+        dir
+    })
+}
+
+/// Path of one of the project's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+}
+
+/// One node process.
+pub struct TestNode {
+    pub id: u64,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_file: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Starts (or restarts) the process and waits until it accepts clients.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "n{} is already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .expect("node log file");
+        let child = Command::new(bin("strstore-server"))
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("STRSTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning strstore-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(self.client_addr).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("n{} exited during start with {status}; log:\n{}", self.id, self.log());
+            }
+            assert!(Instant::now() < deadline, "n{} did not start listening in time", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        child.wait().expect("waiting for the node")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of node processes sharing one temporary directory.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes (ids 1..=n) that list each other as peers.
+    pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra flags for every node.
+    pub fn start_with(n: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("strstore-test-").tempdir().expect("temp dir");
+        let peer_addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let peers = peer_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, peer_addr) in peer_addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let client_addr = free_addr();
+            let data_dir = dir.path().join(format!("n{id}"));
+            let mut args = vec![
+                "--id".to_string(),
+                id.to_string(),
+                "--listen".into(),
+                client_addr.to_string(),
+                "--peer-listen".into(),
+                peer_addr.to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+            ];
+            if n > 1 {
+                args.extend(["--peers".to_string(), peers.clone()]);
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let log_file = dir.path().join(format!("n{id}.log"));
+            nodes.push(TestNode {
+                id,
+                client_addr,
+                peer_addr: *peer_addr,
+                data_dir,
+                log_file,
+                args,
+                child: None,
+            });
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        Self { nodes, dir }
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut TestNode {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Comma-separated client addresses of all nodes.
+    pub fn addrs(&self) -> String {
+        self.nodes.iter().map(|n| n.client_addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `strstore-cli --addr <node> args...`.
+    pub fn cli(&self, id: u64, args: &[&str]) -> Output {
+        cli(&self.nodes[id as usize - 1].client_addr.to_string(), args)
+    }
+
+    /// All node logs, for a failure message.
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("---- n{} ----\n{}", n.id, n.log())).collect()
+    }
+}
+
+/// Runs `strstore-cli --addr addr args...` and returns its output.
+pub fn cli(addr: &str, args: &[&str]) -> Output {
+    Command::new(bin("strstore-cli"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .output()
+        .expect("running strstore-cli")
+}
+
+/// Stdout of a successful CLI run; panics with stderr otherwise.
+pub fn ok_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "strstore-cli failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+}

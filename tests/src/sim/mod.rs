@@ -1,0 +1,453 @@
+//! Deterministic simulation of a strstore cluster.
+//!
+//! One thread, one seeded RNG, a simulated clock counted in steps. The network delays,
+//! drops, duplicates and reorders messages; nodes crash (losing whatever their log had not
+//! synced) and restart from their log; clients retry the same request at other nodes when an
+//! answer does not come. After the fault phase everything heals and the run must settle: every
+//! client finishes and every replica holds the same string and applied sequence. The history
+//! then goes to the checker. The same seed replays the same run exactly.
+
+mod network;
+mod node;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strstore_protocol::{Error, NodeId, Op, ReqSeq, Request, Response};
+use strstore_server::replica::{self, WaiterId};
+
+use crate::checker::{self, History, OkValue, OpKind, Outcome, ReplicaState};
+use network::Network;
+use node::SimNode;
+
+/// Steps between two engine ticks.
+const STEPS_PER_TICK: u64 = 10;
+/// Steps a client waits for an answer before it tries the next node.
+const CLIENT_TIMEOUT_STEPS: u64 = 400;
+/// Attempts (at successive nodes) before a client gives up on a request as "unknown".
+const CLIENT_ATTEMPTS: u32 = 4;
+/// Steps allowed after healing for everything to settle.
+const SETTLE_STEPS: u64 = 200_000;
+
+/// Settings of one run, all drawn from the seed unless overridden.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    pub clients: usize,
+    pub ops_per_client: usize,
+    /// Steps of the fault phase.
+    pub fault_steps: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Largest delay of a message, in steps (delays are uniform, so messages reorder).
+    pub max_delay: u64,
+    /// Probability per step that a running node crashes (during the fault phase).
+    pub crash: f64,
+    /// Largest time a node stays down, in steps.
+    pub max_down_steps: u64,
+    /// Probability per step that a node's pending log writes become durable.
+    pub sync: f64,
+    /// Share of writes that are `set` rather than `append`.
+    pub set_ratio: f64,
+    /// Share of requests that are `get`.
+    pub get_ratio: f64,
+    /// Largest pause of a client between two requests, in steps: spreads the workload over
+    /// the fault phase.
+    pub think_steps: u64,
+}
+
+impl SimConfig {
+    /// Draws every setting from the seed.
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c0f1_6000_0000);
+        Self {
+            seed,
+            nodes: if rng.gen_bool(0.5) { 3 } else { 5 },
+            clients: rng.gen_range(2..=5),
+            ops_per_client: rng.gen_range(10..=30),
+            fault_steps: rng.gen_range(2_000..=8_000),
+            loss: *[0.0, 0.01, 0.05, 0.2].get(rng.gen_range(0..4)).expect("index"),
+            duplicate: *[0.0, 0.02, 0.1].get(rng.gen_range(0..3)).expect("index"),
+            max_delay: rng.gen_range(1..=40),
+            crash: *[0.0, 0.0002, 0.001].get(rng.gen_range(0..3)).expect("index"),
+            max_down_steps: rng.gen_range(50..=2_000),
+            sync: rng.gen_range(0.05..0.9),
+            set_ratio: if rng.gen_bool(0.3) { 0.05 } else { 0.0 },
+            get_ratio: rng.gen_range(0.1..0.4),
+            think_steps: rng.gen_range(0..=300),
+        }
+    }
+}
+
+impl fmt::Display for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed={} nodes={} clients={} ops/client={} fault_steps={} loss={} dup={} max_delay={} crash={} max_down={} sync={:.2} set={} get={:.2} think={}",
+            self.seed,
+            self.nodes,
+            self.clients,
+            self.ops_per_client,
+            self.fault_steps,
+            self.loss,
+            self.duplicate,
+            self.max_delay,
+            self.crash,
+            self.max_down_steps,
+            self.sync,
+            self.set_ratio,
+            self.get_ratio,
+            self.think_steps
+        )
+    }
+}
+
+/// What a passing run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimSummary {
+    pub ops_ok: usize,
+    pub ops_unknown: usize,
+    pub crashes: usize,
+    pub messages: u64,
+    pub steps: u64,
+    pub final_len: usize,
+}
+
+/// A failed run: the seed and settings to replay it, and what went wrong.
+#[derive(Debug)]
+pub struct SimFailure {
+    pub config: Box<SimConfig>,
+    pub reason: String,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "simulation failed: {}\n  {}\n  replay: STRSTORE_SIM_SEED={} cargo test -p strstore-tests --test simulation -- --nocapture",
+            self.reason, self.config, self.config.seed
+        )
+    }
+}
+
+/// A client of the simulation: one request at a time, retried at other nodes on timeout.
+struct SimClient {
+    id: u64,
+    next_seq: ReqSeq,
+    ops_left: usize,
+    appended: u64,
+    current: Option<Pending>,
+    /// Step before which the client sends nothing new.
+    idle_until: u64,
+}
+
+struct Pending {
+    seq: ReqSeq,
+    op: Op,
+    history_index: usize,
+    attempt: u32,
+    node: NodeId,
+    deadline: u64,
+}
+
+/// Runs one simulation.
+pub fn run(config: SimConfig) -> Result<SimSummary, SimFailure> {
+    let fail = |reason: String| SimFailure { config: Box::new(config.clone()), reason };
+    let mut sim = Sim::new(&config);
+    sim.run_faults().map_err(&fail)?;
+    sim.heal();
+    sim.settle().map_err(&fail)?;
+    let replicas = sim.replica_states();
+    let report = checker::check(&sim.history, &replicas);
+    if !report.is_ok() {
+        return Err(fail(format!("checker found anomalies:\n{report}")));
+    }
+    Ok(sim.summary())
+}
+
+struct Sim<'a> {
+    cfg: &'a SimConfig,
+    rng: StdRng,
+    now: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: Network,
+    clients: Vec<SimClient>,
+    /// Which client and attempt a waiter id stands for.
+    waiters: BTreeMap<WaiterId, (usize, ReqSeq)>,
+    next_waiter: WaiterId,
+    history: History,
+    crashes: usize,
+    faults: bool,
+}
+
+impl<'a> Sim<'a> {
+    fn new(cfg: &'a SimConfig) -> Self {
+        let ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let mut rc = replica::Config::new(id, ids.clone());
+                rc.window = 8;
+                (id, SimNode::new(rc))
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let clients = (0..cfg.clients)
+            .map(|i| SimClient {
+                id: (i as u64 + 1) * 1000 + rng.gen_range(0..1000),
+                next_seq: 1,
+                ops_left: cfg.ops_per_client,
+                appended: 0,
+                current: None,
+                idle_until: 0,
+            })
+            .collect();
+        Sim {
+            cfg,
+            rng,
+            now: 0,
+            nodes,
+            net: Network::default(),
+            clients,
+            waiters: BTreeMap::new(),
+            next_waiter: 1,
+            history: History::default(),
+            crashes: 0,
+            faults: true,
+        }
+    }
+
+    fn run_faults(&mut self) -> Result<(), String> {
+        while self.now < self.cfg.fault_steps {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) {
+        self.faults = false;
+        for node in self.nodes.values_mut() {
+            node.down_until = node.down_until.min(self.now);
+        }
+    }
+
+    fn settle(&mut self) -> Result<(), String> {
+        let deadline = self.now + SETTLE_STEPS;
+        while self.now < deadline {
+            self.step()?;
+            if self.clients.iter().all(|c| c.ops_left == 0 && c.current.is_none())
+                && self.net.is_empty()
+                && self.converged()
+            {
+                return Ok(());
+            }
+        }
+        let stats: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| format!("n{id}: {:?}", n.replica.as_ref().map(|r| r.stats())))
+            .collect();
+        let busy = self.clients.iter().filter(|c| c.ops_left > 0 || c.current.is_some()).count();
+        Err(format!(
+            "no progress: the cluster did not settle within {SETTLE_STEPS} steps after healing ({busy} clients unfinished)\n  {}",
+            stats.join("\n  ")
+        ))
+    }
+
+    fn converged(&self) -> bool {
+        let mut counts = self.nodes.values().map(|n| n.replica.as_ref().map(|r| r.stats()));
+        let Some(Some(first)) = counts.next() else { return false };
+        counts.all(|s| s.is_some_and(|s| s.applied_actions == first.applied_actions && s.held == 0))
+            && first.held == 0
+            && first.in_flight == 0
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.now += 1;
+        if self.faults {
+            self.maybe_crash();
+        }
+        self.restart_due();
+        for env in self.net.due(self.now) {
+            if let Some(node) = self.nodes.get_mut(&env.to) {
+                node.deliver(env);
+            }
+        }
+        let tick = self.now % STEPS_PER_TICK == 0;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.advance_node(id, tick)?;
+        }
+        self.drive_clients();
+        Ok(())
+    }
+
+    fn advance_node(&mut self, id: NodeId, tick: bool) -> Result<(), String> {
+        let sync = self.rng.gen_bool(self.cfg.sync);
+        let node = self.nodes.get_mut(&id).expect("node");
+        let out = node.advance(tick, sync).map_err(|e| format!("n{id}: {e}"))?;
+        for env in out.messages {
+            self.net.send(env, self.now, &mut self.rng, self.faults.then_some(self.cfg));
+        }
+        for reply in out.replies {
+            self.on_reply(reply.waiter, reply.reply.seq, reply.reply.result);
+        }
+        Ok(())
+    }
+
+    fn maybe_crash(&mut self) {
+        if self.cfg.crash == 0.0 || !self.rng.gen_bool(self.cfg.crash) {
+            return;
+        }
+        let up: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.is_up()).map(|(id, _)| *id).collect();
+        if up.is_empty() {
+            return;
+        }
+        let victim = up[self.rng.gen_range(0..up.len())];
+        let down = self.rng.gen_range(1..=self.cfg.max_down_steps);
+        self.nodes.get_mut(&victim).expect("node").crash(self.now + down);
+        self.crashes += 1;
+    }
+
+    fn restart_due(&mut self) {
+        let now = self.now;
+        for node in self.nodes.values_mut() {
+            if !node.is_up() && node.down_until <= now {
+                node.restart();
+            }
+        }
+    }
+
+    fn drive_clients(&mut self) {
+        for i in 0..self.clients.len() {
+            match &self.clients[i].current {
+                Some(p) if p.deadline <= self.now => self.retry(i),
+                Some(_) => {}
+                None if self.clients[i].ops_left > 0 && self.clients[i].idle_until <= self.now => {
+                    self.invoke(i)
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn invoke(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        c.ops_left -= 1;
+        let seq = c.next_seq;
+        c.next_seq += 1;
+        let roll: f64 = self.rng.gen();
+        let (op, kind) = if roll < self.cfg.get_ratio {
+            (Op::Get, OpKind::Get)
+        } else {
+            c.appended += 1;
+            let token = checker::token(c.id, c.appended);
+            if self.rng.gen_bool(self.cfg.set_ratio) {
+                (Op::Set(token.clone().into()), OpKind::Set(token))
+            } else {
+                (Op::Append(token.clone().into()), OpKind::Append(token))
+            }
+        };
+        let node = self.rng.gen_range(1..=self.cfg.nodes as NodeId);
+        let history_index = self.history.ops.len();
+        self.history.ops.push(checker::Op {
+            client: self.clients[i].id,
+            op: kind,
+            invoke: self.now,
+            complete: None,
+            outcome: Outcome::Unknown,
+            node: Some(node),
+        });
+        let deadline = self.now + CLIENT_TIMEOUT_STEPS;
+        self.clients[i].current =
+            Some(Pending { seq, op, history_index, attempt: 1, node, deadline });
+        self.send_request(i);
+    }
+
+    fn retry(&mut self, i: usize) {
+        let p = self.clients[i].current.as_mut().expect("pending");
+        if p.attempt >= CLIENT_ATTEMPTS {
+            // Outcome unknown: the history already says so.
+            self.clients[i].current = None;
+            self.clients[i].idle_until = self.now + self.rng.gen_range(0..=self.cfg.think_steps);
+            return;
+        }
+        p.attempt += 1;
+        p.node = p.node % self.cfg.nodes as NodeId + 1;
+        p.deadline = self.now + CLIENT_TIMEOUT_STEPS;
+        self.send_request(i);
+    }
+
+    fn send_request(&mut self, i: usize) {
+        let c = &self.clients[i];
+        let p = c.current.as_ref().expect("pending");
+        let waiter = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.insert(waiter, (i, p.seq));
+        let req = Request { client: c.id, seq: p.seq, op: p.op.clone() };
+        let lost = self.faults && self.rng.gen_bool(self.cfg.loss);
+        if let Some(node) = self.nodes.get_mut(&p.node) {
+            if !lost {
+                node.client_request(waiter, req);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, waiter: WaiterId, seq: ReqSeq, result: Result<Response, Error>) {
+        let Some((i, wanted)) = self.waiters.remove(&waiter) else { return };
+        let Some(p) = &self.clients[i].current else { return };
+        if wanted != seq || p.seq != seq {
+            return; // an answer to an attempt the client gave up on
+        }
+        let op = &mut self.history.ops[p.history_index];
+        op.complete = Some(self.now);
+        op.outcome = match result {
+            Ok(Response::Len(n)) => Outcome::Ok(OkValue::Len(n)),
+            Ok(Response::Value(v)) => Outcome::Ok(OkValue::Value(v.to_vec())),
+            Err(e) if e.is_retryable() => return,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        self.clients[i].current = None;
+        self.clients[i].idle_until = self.now + self.rng.gen_range(0..=self.cfg.think_steps);
+    }
+
+    fn replica_states(&self) -> Vec<ReplicaState> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| ReplicaState {
+                node: *id,
+                string: n.replica.as_ref().map(|r| r.value().to_vec()).unwrap_or_default(),
+                applied: n.applied.iter().map(|ts| (ts.time, ts.node)).collect(),
+            })
+            .collect()
+    }
+
+    fn summary(&self) -> SimSummary {
+        let ops_ok =
+            self.history.ops.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
+        SimSummary {
+            ops_ok,
+            ops_unknown: self
+                .history
+                .ops
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Unknown))
+                .count(),
+            crashes: self.crashes,
+            messages: self.net.sent,
+            steps: self.now,
+            final_len: self
+                .nodes
+                .values()
+                .next()
+                .and_then(|n| n.replica.as_ref())
+                .map_or(0, |r| r.value().len()),
+        }
+    }
+}

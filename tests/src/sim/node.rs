@@ -1,0 +1,116 @@
+//! A simulated node: a replica, its in-memory log and the messages waiting for a sync.
+
+use std::collections::VecDeque;
+
+use strstore_protocol::{Envelope, Request, Timestamp};
+use strstore_server::log::{LogStore, MemLog};
+use strstore_server::replica::{self, ClientReply, Replica, WaiterId};
+
+/// What one step of a node sends out.
+#[derive(Default)]
+pub struct Output {
+    pub messages: Vec<Envelope>,
+    pub replies: Vec<ClientReply>,
+}
+
+pub struct SimNode {
+    cfg: replica::Config,
+    /// `None` while crashed.
+    pub replica: Option<Replica>,
+    log: MemLog,
+    /// After-sync messages waiting for the log to become durable, in order.
+    unsynced: Vec<Envelope>,
+    inbox: VecDeque<Envelope>,
+    /// Step at which a crashed node restarts.
+    pub down_until: u64,
+    /// Write actions applied since the last (re)start, in order; replay included.
+    pub applied: Vec<Timestamp>,
+}
+
+impl SimNode {
+    pub fn new(cfg: replica::Config) -> Self {
+        let replica = Replica::new(cfg.clone(), Default::default());
+        Self {
+            cfg,
+            replica: Some(replica),
+            log: MemLog::default(),
+            unsynced: Vec::new(),
+            inbox: VecDeque::new(),
+            down_until: 0,
+            applied: Vec::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    pub fn deliver(&mut self, env: Envelope) {
+        if self.is_up() {
+            self.inbox.push_back(env);
+        }
+    }
+
+    pub fn client_request(&mut self, waiter: WaiterId, req: Request) {
+        if let Some(r) = &mut self.replica {
+            r.client_request(waiter, req);
+        }
+    }
+
+    /// Feeds queued messages and a tick to the replica, logs its records and, if `sync`,
+    /// makes the log durable and releases the messages that waited for it.
+    pub fn advance(&mut self, tick: bool, sync: bool) -> Result<Output, String> {
+        let mut out = Output::default();
+        let Some(r) = &mut self.replica else { return Ok(out) };
+        for env in self.inbox.drain(..) {
+            r.step(env);
+        }
+        if tick {
+            r.tick();
+        }
+        r.propose();
+        self.collect(&mut out)?;
+        if sync && !self.unsynced.is_empty() {
+            self.log.sync().map_err(|e| e.to_string())?;
+            let me = self.cfg.id;
+            let r = self.replica.as_mut().expect("up");
+            for env in std::mem::take(&mut self.unsynced) {
+                if env.to == me {
+                    r.step(env);
+                } else {
+                    out.messages.push(env);
+                }
+            }
+            r.propose();
+            self.collect(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn collect(&mut self, out: &mut Output) -> Result<(), String> {
+        let ready = self.replica.as_mut().expect("up").take_ready();
+        self.log.append(&ready.log).map_err(|e| e.to_string())?;
+        self.unsynced.extend(ready.after_sync);
+        out.messages.extend(ready.messages);
+        out.replies.extend(ready.replies);
+        self.applied.extend(ready.applied);
+        Ok(())
+    }
+
+    /// Stops the node as `kill -9` would: unsynced log writes and queued messages are lost.
+    pub fn crash(&mut self, until: u64) {
+        self.replica = None;
+        self.log.crash();
+        self.unsynced.clear();
+        self.inbox.clear();
+        self.down_until = until;
+    }
+
+    /// Starts the node again from what its log kept.
+    pub fn restart(&mut self) {
+        let restored = self.log.load().expect("memory log loads");
+        let mut replica = Replica::new(self.cfg.clone(), restored);
+        self.applied = replica.take_ready().applied;
+        self.replica = Some(replica);
+    }
+}
