@@ -180,6 +180,165 @@ pub enum PeerMsg {
     Execute { id: Timestamp, deps: Deps },
     /// Reply to a message of another epoch: the sender learns the receiver's epoch.
     StaleEpoch { current: Epoch },
+    /// Member -> master, every heartbeat interval: I am alive, and this is my health.
+    Heartbeat { health: Health },
+    /// Master -> member, answering each heartbeat: the current view and the master's table
+    /// of every member, so any node can answer `status` and notice a newer view.
+    HeartbeatAck { view: View, members: Vec<MemberStatus> },
+    /// Proposer -> members of view `epoch`: phase 1 of the view change to `epoch + 1`.
+    /// `deposes_master` is set by an election; members that still hear their master refuse
+    /// it, so a node that was merely cut off cannot unseat a working master.
+    Prepare { ballot: Ballot, deposes_master: bool },
+    /// Member -> proposer: promise to accept nothing below `ballot` and to ack no more actions
+    /// of this epoch. Carries any accepted proposal, and the member's pending log state.
+    Promise { ballot: Ballot, accepted: Option<(Ballot, ViewProposal)>, pending: PendingLog },
+    /// Member -> proposer: refused, a higher ballot was promised already.
+    Nack { ballot: Ballot, promised: Ballot },
+    /// Proposer -> members of view `epoch`: phase 2, accept this proposal.
+    Accept { ballot: Ballot, proposal: ViewProposal },
+    /// Member -> proposer: accepted (and persisted).
+    Accepted { ballot: Ballot },
+    /// The decided view change, to every member of the old and the new view, with a snapshot
+    /// of the state at the end of the old epoch for joiners.
+    Decided { proposal: ViewProposal, snapshot: Option<Snapshot> },
+    /// A node outside the current view (new, restarted, or left behind) -> any node, which
+    /// forwards it to the master: add me.
+    Join { member: Member },
+}
+
+/// Health a member reports in its heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// CPU utilisation of the host, in tenths of a percent (0..=1000).
+    pub cpu_permille: u32,
+    /// Memory utilisation of the host, in tenths of a percent (0..=1000).
+    pub mem_permille: u32,
+    /// Resident set size of the node process, bytes.
+    pub rss_bytes: u64,
+    /// Bytes used by the node's data directory.
+    pub disk_bytes: u64,
+    /// Entries in the node's log.
+    pub log_len: u64,
+    /// Actions applied since the node started.
+    pub applied: u64,
+    /// The node's Lamport clock.
+    pub clock: u64,
+    /// The node's epoch.
+    pub epoch: Epoch,
+}
+
+/// A node and where to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    /// Address peers dial.
+    pub peer_addr: String,
+    /// Address clients dial.
+    pub client_addr: String,
+}
+
+/// A membership view: who is in the cluster during `epoch`, and who is master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub epoch: Epoch,
+    pub master: NodeId,
+    /// Sorted by id.
+    pub members: Vec<Member>,
+}
+
+impl View {
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+/// A Paxos ballot for a view change: `(round, proposer)`, ordered lexicographically.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    pub round: u64,
+    pub node: NodeId,
+}
+
+/// The value a view change decides: the next view, and which actions of the old epoch commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewProposal {
+    /// The new view (its epoch is the old epoch + 1).
+    pub view: View,
+    /// Every action of the old epoch up to here is committed (some promiser applied it).
+    pub applied_upto: Timestamp,
+    /// Actions of the old epoch after `applied_upto` that commit, with their bodies (so any
+    /// acceptor can hand them on), sorted by id; every other action of the old epoch after
+    /// `applied_upto` is aborted.
+    pub committed: Vec<Action>,
+    /// Nodes that get a snapshot instead of replaying the old epoch.
+    pub joiners: Vec<NodeId>,
+}
+
+/// What a promiser reports about the old epoch's actions it has not applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLog {
+    /// Last action it applied (in the old epoch or before).
+    pub applied: Timestamp,
+    /// Actions of the old epoch it holds but has not applied.
+    pub held: Vec<Action>,
+    /// Those of `held` it knows are committed (it saw their Execute).
+    pub committed: Vec<Timestamp>,
+}
+
+/// A member as the master sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub member: Member,
+    pub state: MemberState,
+    /// Milliseconds since the master last heard from it.
+    pub last_heard_ms: u64,
+    pub health: Health,
+}
+
+/// Liveness of a member in the master's eyes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    Alive,
+    /// Missed heartbeats; not yet declared failed.
+    Suspect,
+    /// Declared failed; being removed from the view.
+    Failed,
+    /// Asked to join; being added.
+    Joining,
+}
+
+/// The applied state at one point of the order, for compaction and for joiners.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Epoch of the view the state belongs to.
+    pub epoch: Epoch,
+    /// Last action applied into `value`.
+    pub applied: Timestamp,
+    /// The string.
+    pub value: Bytes,
+    /// Exactly-once table: `(client, last seq, result, last used)`.
+    pub sessions: Vec<SessionEntry>,
+    /// Writes applied in total (the exactly-once expiry clock).
+    pub writes_applied: u64,
+}
+
+/// One client's exactly-once entry in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub client: ClientId,
+    pub seq: ReqSeq,
+    pub result: Result<u64, Error>,
+    pub last_used: u64,
 }
 
 /// A peer message with its routing header. `from` must equal the authenticated id of the

@@ -73,6 +73,8 @@ pub struct NodeConfig {
     /// Peer address of every member, this node included.
     pub peers: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
+    /// Master of the first view (lowest id if unset).
+    pub master: Option<NodeId>,
     pub limits: Limits,
     pub max_frame_bytes: usize,
     pub tick: Duration,
@@ -153,6 +155,7 @@ impl NodeArgs {
             peer_listen,
             peers,
             data_dir: self.data_dir.clone(),
+            master: self.master,
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
                 max_string_bytes: self.max_string_bytes,
@@ -169,6 +172,19 @@ impl NodeConfig {
     /// The engine's configuration for this node.
     pub fn replica_config(&self) -> replica::Config {
         let mut cfg = replica::Config::new(self.id, self.peers.keys().copied().collect());
+        if let Some(master) = self.master.filter(|m| self.peers.contains_key(m)) {
+            cfg.initial_view.master = master;
+        }
+        for m in &mut cfg.initial_view.members {
+            m.peer_addr = self.peers.get(&m.id).cloned().unwrap_or_default();
+        }
+        if let Some(me) = cfg.initial_view.members.iter_mut().find(|m| m.id == self.id) {
+            me.client_addr = self.listen.to_string();
+        }
+        cfg.me.peer_addr = self.peer_listen.map(|a| a.to_string()).unwrap_or_default();
+        cfg.me.client_addr = self.listen.to_string();
+        cfg.tick_ms = self.tick.as_millis() as u64;
+        cfg.seed = rand::random();
         cfg.limits = self.limits;
         cfg.window = self.window;
         // An action must fit in a frame with room for its header.

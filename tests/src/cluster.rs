@@ -193,6 +193,21 @@ impl TestCluster {
         cli(&self.nodes[id as usize - 1].client_addr.to_string(), args)
     }
 
+    /// Runs a CLI command at node `id` and returns its stdout; on failure panics with the
+    /// CLI's error and every node's log.
+    pub fn cli_ok(&self, id: u64, args: &[&str]) -> String {
+        let out = self.cli(id, args);
+        if !out.status.success() {
+            panic!(
+                "strstore-cli {args:?} at n{id} failed ({}): {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            );
+        }
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
     /// All node logs, for a failure message.
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("---- n{} ----\n{}", n.id, n.log())).collect()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use strstore_client::{Client, ClientConfig};
-use strstore_tests::cluster::{ok_stdout, TestCluster};
+use strstore_tests::cluster::TestCluster;
 
 fn client_at(addr: &str) -> Client {
     let mut cfg = ClientConfig::with_addrs(vec![addr.to_string()]);
@@ -48,7 +48,7 @@ fn concurrent_clients_at_different_nodes_see_one_order() {
             t.await.expect("client task");
         }
     });
-    let strings: Vec<String> = (1..=3).map(|id| ok_stdout(&c.cli(id, &["get"]))).collect();
+    let strings: Vec<String> = (1..=3).map(|id| c.cli_ok(id, &["get"])).collect();
     assert_eq!(strings[0], strings[1], "n1 and n2 differ");
     assert_eq!(strings[1], strings[2], "n2 and n3 differ");
     let toks = tokens(strings[0].trim_end());
@@ -64,9 +64,9 @@ fn concurrent_clients_at_different_nodes_see_one_order() {
 fn killed_node_restarts_with_its_log_and_catches_up() {
     let mut c = TestCluster::start(3);
     for i in 0..20 {
-        ok_stdout(&c.cli(1 + i % 3, &["append", &format!("<{i}>")]));
+        c.cli_ok(1 + i % 3, &["append", &format!("<{i}>")]);
     }
-    let before = ok_stdout(&c.cli(3, &["get"]));
+    let before = c.cli_ok(3, &["get"]);
     c.node(3).kill();
 
     // A write started while n3 is down cannot commit in the static view; it waits for n3.
@@ -81,7 +81,7 @@ fn killed_node_restarts_with_its_log_and_catches_up() {
     let expected = format!("{}<while-down>", before.trim_end());
     assert_eq!(len as usize, expected.len());
     for id in 1..=3 {
-        assert_eq!(ok_stdout(&c.cli(id, &["get"])), format!("{expected}\n"), "n{id}\n{}", c.logs());
+        assert_eq!(c.cli_ok(id, &["get"]), format!("{expected}\n"), "n{id}\n{}", c.logs());
     }
     // n3's own log kept the first 20 writes: its restart replayed them before any peer spoke.
     let log = c.node(3).log();

@@ -34,6 +34,15 @@ fn run_one(seed: u64) -> Result<sim::SimSummary, String> {
 fn seeded_runs_keep_every_invariant() {
     if let Some(seed) = env_u64("STRSTORE_SIM_SEED") {
         let config = SimConfig::from_seed(seed);
+        if std::env::var_os("STRSTORE_SIM_LOG").is_some() {
+            // The engine's own log lines (view changes, elections), on stderr.
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .without_time()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .init();
+        }
         println!("replaying {config}");
         match run_one(seed) {
             Ok(summary) => println!("ok: {summary:?}"),

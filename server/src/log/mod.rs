@@ -39,6 +39,11 @@ pub fn restore_from(records: impl IntoIterator<Item = LogRecord>) -> Restored {
             LogRecord::Action(a) => restored.actions.push(a),
             LogRecord::Commit { id, deps } => restored.commits.push((id, deps)),
             LogRecord::ClockBound(b) => restored.clock_bound = restored.clock_bound.max(b),
+            LogRecord::Snapshot(rec) => restored.snapshot = Some(*rec),
+            LogRecord::Promise { epoch, ballot } => restored.promise = Some((epoch, ballot)),
+            LogRecord::Accepted { ballot, proposal } => {
+                restored.accepted = Some((ballot, proposal))
+            }
         }
     }
     restored.actions.sort_by_key(|a| a.id);

@@ -1,16 +1,21 @@
 //! The on-disk log, in sled.
 //!
-//! Trees: `actions` and `commits` keyed by timestamp (time then node, big-endian, so keys sort
-//! in the total order), and `meta` for the clock bound. Values are postcard.
+//! Trees: `actions` keyed by epoch then timestamp (time then node, all big-endian, so keys
+//! sort in the total order), `commits` keyed by timestamp, and `meta` for the latest
+//! snapshot, the clock bound and the view-change promise and acceptance. Values are postcard.
+//! A snapshot compacts the log: every action and commit it covers is deleted.
 
 use std::path::Path;
 
-use strstore_protocol::{Action, Deps, Timestamp};
+use strstore_protocol::{Action, Ballot, Deps, Epoch, Timestamp, ViewProposal};
 
 use super::{LogError, LogStore};
-use crate::replica::{LogRecord, Restored};
+use crate::replica::{LogRecord, Restored, SnapshotRecord};
 
 const CLOCK_BOUND_KEY: &[u8] = b"clock_bound";
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+const PROMISE_KEY: &[u8] = b"promise";
+const ACCEPTED_KEY: &[u8] = b"accepted";
 
 /// A sled-backed [`LogStore`]; `sync` is one `flush` for however many records came before.
 pub struct SledLog {
@@ -18,6 +23,8 @@ pub struct SledLog {
     actions: sled::Tree,
     commits: sled::Tree,
     meta: sled::Tree,
+    /// Epoch of the latest snapshot written, to notice an epoch change.
+    snapshot_epoch: Epoch,
 }
 
 fn ts_key(ts: Timestamp) -> [u8; 16] {
@@ -25,6 +32,17 @@ fn ts_key(ts: Timestamp) -> [u8; 16] {
     key[..8].copy_from_slice(&ts.time.to_be_bytes());
     key[8..].copy_from_slice(&ts.node.to_be_bytes());
     key
+}
+
+fn action_key(epoch: Epoch, ts: Timestamp) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&epoch.to_be_bytes());
+    key[8..].copy_from_slice(&ts_key(ts));
+    key
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encoding to memory")
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, LogError> {
@@ -36,11 +54,17 @@ impl SledLog {
     /// Opens (or creates) the log in `dir`.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let meta = db.open_tree("meta")?;
+        let snapshot_epoch = match meta.get(SNAPSHOT_KEY)? {
+            Some(v) => decode::<SnapshotRecord>(SNAPSHOT_KEY, &v)?.snapshot.epoch,
+            None => 0,
+        };
         Ok(Self {
             actions: db.open_tree("actions")?,
             commits: db.open_tree("commits")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
+            snapshot_epoch,
         })
     }
 
@@ -57,6 +81,28 @@ impl SledLog {
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
+
+    fn compact(&mut self, rec: &SnapshotRecord) -> Result<(), LogError> {
+        let epoch = rec.snapshot.epoch;
+        let applied = rec.snapshot.applied;
+        if epoch != self.snapshot_epoch {
+            // A new epoch: nothing of the old ones is needed any more.
+            self.commits.clear()?;
+            for key in self.actions.range(..action_key(epoch, Timestamp::default())).keys() {
+                self.actions.remove(key?)?;
+            }
+            self.snapshot_epoch = epoch;
+        }
+        let end = action_key(epoch, Timestamp::new(applied.time, applied.node.saturating_add(1)));
+        for key in self.actions.range(..end).keys() {
+            self.actions.remove(key?)?;
+        }
+        let end = ts_key(Timestamp::new(applied.time, applied.node.saturating_add(1)));
+        for key in self.commits.range(..end).keys() {
+            self.commits.remove(key?)?;
+        }
+        Ok(())
+    }
 }
 
 impl LogStore for SledLog {
@@ -64,15 +110,23 @@ impl LogStore for SledLog {
         for record in records {
             match record {
                 LogRecord::Action(a) => {
-                    let value = postcard::to_allocvec(a).expect("encoding to memory");
-                    self.actions.insert(ts_key(a.id), value)?;
+                    self.actions.insert(action_key(a.epoch, a.id), encode(a))?;
                 }
                 LogRecord::Commit { id, deps } => {
-                    let value = postcard::to_allocvec(deps).expect("encoding to memory");
-                    self.commits.insert(ts_key(*id), value)?;
+                    self.commits.insert(ts_key(*id), encode(deps))?;
                 }
                 LogRecord::ClockBound(b) => {
                     self.meta.insert(CLOCK_BOUND_KEY, &b.to_be_bytes())?;
+                }
+                LogRecord::Snapshot(rec) => {
+                    self.meta.insert(SNAPSHOT_KEY, encode(rec.as_ref()))?;
+                    self.compact(rec)?;
+                }
+                LogRecord::Promise { epoch, ballot } => {
+                    self.meta.insert(PROMISE_KEY, encode(&(*epoch, *ballot)))?;
+                }
+                LogRecord::Accepted { ballot, proposal } => {
+                    self.meta.insert(ACCEPTED_KEY, encode(&(*ballot, proposal)))?;
                 }
             }
         }
@@ -93,8 +147,7 @@ impl LogStore for SledLog {
         for kv in self.commits.iter() {
             let (k, v) = kv?;
             let deps: Deps = decode(&k, &v)?;
-            let id = decode_ts(&k)?;
-            restored.commits.push((id, deps));
+            restored.commits.push((decode_ts(&k)?, deps));
         }
         if let Some(v) = self.meta.get(CLOCK_BOUND_KEY)? {
             let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| LogError::Corrupt {
@@ -102,6 +155,15 @@ impl LogStore for SledLog {
                 reason: "clock bound is not 8 bytes".into(),
             })?;
             restored.clock_bound = u64::from_be_bytes(bytes);
+        }
+        if let Some(v) = self.meta.get(SNAPSHOT_KEY)? {
+            restored.snapshot = Some(decode(SNAPSHOT_KEY, &v)?);
+        }
+        if let Some(v) = self.meta.get(PROMISE_KEY)? {
+            restored.promise = Some(decode::<(Epoch, Ballot)>(PROMISE_KEY, &v)?);
+        }
+        if let Some(v) = self.meta.get(ACCEPTED_KEY)? {
+            restored.accepted = Some(decode::<(Ballot, ViewProposal)>(ACCEPTED_KEY, &v)?);
         }
         Ok(restored)
     }
@@ -119,42 +181,79 @@ fn decode_ts(key: &[u8]) -> Result<Timestamp, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strstore_protocol::{Write, WriteOp};
+    use strstore_protocol::{Member, View, Write, WriteOp};
 
-    #[test]
-    fn records_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let action = Action {
-            id: Timestamp::new(5, 2),
-            epoch: 1,
-            oseq: 1,
-            writes: vec![Write { client: 9, seq: 1, op: WriteOp::Append("x".into()) }],
-        };
-        {
-            let mut log = SledLog::open(dir.path()).unwrap();
-            log.append(&[
-                LogRecord::Action(action.clone()),
-                LogRecord::Commit { id: action.id, deps: vec![(2, 0)] },
-                LogRecord::ClockBound(77),
-            ])
-            .unwrap();
-            log.sync().unwrap();
-        }
+    fn reopen(dir: &Path) -> SledLog {
         // sled's background flusher may hold the file lock a moment after the drop.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let log = loop {
-            match SledLog::open(dir.path()) {
-                Ok(log) => break log,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
+        loop {
+            match SledLog::open(dir) {
+                Ok(log) => return log,
+                Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("reopening the log: {e}"),
             }
-        };
-        let restored = log.load().unwrap();
-        assert_eq!(restored.actions, vec![action]);
+        }
+    }
+
+    fn action(time: u64, oseq: u64) -> Action {
+        Action {
+            id: Timestamp::new(time, 2),
+            epoch: 1,
+            oseq,
+            writes: vec![Write { client: 9, seq: oseq, op: WriteOp::Append("x".into()) }],
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = SledLog::open(dir.path()).unwrap();
+            log.append(&[
+                LogRecord::Action(action(5, 1)),
+                LogRecord::Commit { id: Timestamp::new(5, 2), deps: vec![(2, 0)] },
+                LogRecord::ClockBound(77),
+                LogRecord::Promise { epoch: 2, ballot: Ballot { round: 3, node: 1 } },
+            ])
+            .unwrap();
+            log.sync().unwrap();
+        }
+        let restored = reopen(dir.path()).load().unwrap();
+        assert_eq!(restored.actions, vec![action(5, 1)]);
         assert_eq!(restored.commits, vec![(Timestamp::new(5, 2), vec![(2, 0)])]);
         assert_eq!(restored.clock_bound, 77);
+        assert_eq!(restored.promise, Some((2, Ballot { round: 3, node: 1 })));
+    }
+
+    #[test]
+    fn snapshot_compacts_what_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SledLog::open(dir.path()).unwrap();
+        for t in 1..=10 {
+            log.append(&[LogRecord::Action(action(t, t))]).unwrap();
+        }
+        let view = View {
+            epoch: 1,
+            master: 1,
+            members: vec![Member { id: 1, peer_addr: String::new(), client_addr: String::new() }],
+        };
+        let snapshot = crate::replica::StringState::default().to_snapshot(1, Timestamp::new(6, 2));
+        let rec = SnapshotRecord {
+            snapshot,
+            view,
+            received: vec![(2, 6)],
+            executed: vec![],
+            next_oseq: 1,
+        };
+        log.append(&[LogRecord::Snapshot(Box::new(rec.clone()))]).unwrap();
+        log.sync().unwrap();
+        let restored = log.load().unwrap();
+        assert_eq!(
+            restored.actions.iter().map(|a| a.id.time).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
+        assert_eq!(restored.snapshot, Some(rec));
     }
 }

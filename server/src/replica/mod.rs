@@ -21,12 +21,16 @@
 //! Implementation caveats: the view is static (epoch 1) until membership lands; a node that
 //! never comes back blocks commits.
 
+mod membership;
 mod node;
 mod received;
+mod replication;
 pub mod state;
+mod view_change;
 
 pub use node::{
-    ClientReply, Config, LogRecord, Ready, Replica, Restored, Stats, Ticks, WaiterId, CLOCK_LEASE,
+    ClientReply, ClusterStatus, Config, LogRecord, Ready, Replica, Restored, SnapshotRecord, Stats,
+    Ticks, WaiterId, CLOCK_LEASE,
 };
 pub use received::Received;
 pub use state::{Limits, StringState};

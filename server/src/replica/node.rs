@@ -1,20 +1,28 @@
-//! The replica: a deterministic state machine that runs action / ack / execute.
+//! The replica: a deterministic state machine that runs action / ack / execute inside a view,
+//! and the membership protocol (heartbeats, view changes, elections, joins) between views.
 //!
 //! Inputs are client requests, peer envelopes and ticks; outputs collect in a [`Ready`] that
-//! the caller drains. The replica never touches a socket, a disk or a clock, so the same code
-//! runs under tokio and under the seeded simulation.
+//! the caller drains. The replica never touches a socket, a disk or a clock; its randomness
+//! comes from a seeded RNG. The same code runs under tokio and under the seeded simulation.
+//!
+//! The replication half lives in `replication.rs`, heartbeats and joins in `membership.rs`,
+//! the view change (single-decree Paxos per epoch) in `view_change.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use strstore_protocol::{
-    Action, ClientId, Deps, Envelope, Epoch, Error, NodeId, Op, Oseq, PeerMsg, Reply, ReqSeq,
-    Request, Response, Timestamp, Write, WriteOp,
+    Action, Ballot, ClientId, Deps, Envelope, Epoch, Error, Health, Member, MemberStatus, NodeId,
+    Op, Oseq, PeerMsg, Reply, ReqSeq, Request, Response, Snapshot, Timestamp, View, ViewProposal,
+    Write, WriteOp,
 };
 
-use super::state::{Applied, Limits, StringState};
+use super::state::{Limits, StringState};
+use super::view_change::Proposer;
 use super::Received;
 
-/// Logical time. The driver calls [`Replica::tick`] every `TICK` of wall time.
+/// Logical time. The driver calls [`Replica::tick`] every `tick_ms` of wall time.
 pub type Ticks = u64;
 /// Opaque handle the driver uses to route a reply back to a waiting client connection.
 pub type WaiterId = u64;
@@ -27,12 +35,10 @@ pub const CLOCK_LEASE: u64 = 1 << 20;
 /// Tuning of one replica. Every field has a default in [`Config::new`].
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// This node.
-    pub id: NodeId,
-    /// Members of the current view, this node included.
-    pub members: Vec<NodeId>,
-    /// Epoch of the current view.
-    pub epoch: Epoch,
+    /// This node and its addresses (sent when it asks to join).
+    pub me: Member,
+    /// The view to start in when the log holds none.
+    pub initial_view: View,
     /// Value and string size limits.
     pub limits: Limits,
     /// Most own actions and fences awaiting commit at once. Keeps many round trips in flight
@@ -46,21 +52,47 @@ pub struct Config {
     pub resend_ticks: Ticks,
     /// Upper bound of the re-send back-off.
     pub max_resend_ticks: Ticks,
+    /// Ticks between two heartbeats of a member to the master.
+    pub heartbeat_ticks: Ticks,
+    /// Ticks of silence after which the master declares a member failed, and after which
+    /// (plus a random part of the same size) members elect a new master.
+    pub failure_ticks: Ticks,
+    /// Applied actions between two snapshots (which compact the log); 0 disables them.
+    pub snapshot_every: u64,
+    /// Length of a tick in milliseconds, for status reports only.
+    pub tick_ms: u64,
+    /// Seed of the replica's randomness (election timeouts).
+    pub seed: u64,
 }
 
 impl Config {
+    /// A configuration for node `id` in a first view of `members` whose master is the lowest
+    /// id; addresses are left empty (the simulation does not need them).
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        let member = |id| Member { id, peer_addr: String::new(), client_addr: String::new() };
+        let mut ids = members;
+        ids.sort_unstable();
+        ids.dedup();
+        let master = ids.first().copied().unwrap_or(id);
         Self {
-            id,
-            members,
-            epoch: 1,
+            me: member(id),
+            initial_view: View { epoch: 1, master, members: ids.into_iter().map(member).collect() },
             limits: Limits::default(),
             window: 64,
             max_action_bytes: 4 << 20,
             max_action_writes: 4096,
             resend_ticks: 3,
             max_resend_ticks: 40,
+            heartbeat_ticks: 50,
+            failure_ticks: 200,
+            snapshot_every: 10_000,
+            tick_ms: 10,
+            seed: id,
         }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me.id
     }
 }
 
@@ -74,6 +106,27 @@ pub enum LogRecord {
     Commit { id: Timestamp, deps: Deps },
     /// The clock may have reached at most this value; a restart resumes from it.
     ClockBound(u64),
+    /// Applied state and view; every action applied before it (and every action of an earlier
+    /// epoch) may be dropped from the log.
+    Snapshot(Box<SnapshotRecord>),
+    /// Promise not to accept ballots below `ballot` for the view change to `epoch`.
+    Promise { epoch: Epoch, ballot: Ballot },
+    /// Proposal accepted for the view change to `proposal.view.epoch`.
+    Accepted { ballot: Ballot, proposal: ViewProposal },
+}
+
+/// What a snapshot record holds besides the applied state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRecord {
+    pub snapshot: Snapshot,
+    /// The view the node is in.
+    pub view: View,
+    /// Per origin, the last oseq of the current epoch covered by the snapshot.
+    pub received: Vec<(NodeId, Oseq)>,
+    /// Deps of own applied actions that members may still ask for.
+    pub executed: Vec<(Timestamp, Deps)>,
+    /// This node's next oseq in the epoch.
+    pub next_oseq: Oseq,
 }
 
 /// A reply for the client connection that waits on `waiter`.
@@ -94,39 +147,34 @@ pub struct Ready {
     pub replies: Vec<ClientReply>,
     /// Write actions applied, in order (for checkers and metrics).
     pub applied: Vec<Timestamp>,
-}
-
-impl Ready {
-    pub fn is_empty(&self) -> bool {
-        self.log.is_empty()
-            && self.after_sync.is_empty()
-            && self.messages.is_empty()
-            && self.replies.is_empty()
-            && self.applied.is_empty()
-    }
+    /// Set when the view changed: the driver updates its peer addresses.
+    pub view_changed: Option<View>,
 }
 
 /// What a restarting node read back from its log.
 #[derive(Clone, Debug, Default)]
 pub struct Restored {
+    pub snapshot: Option<SnapshotRecord>,
     pub actions: Vec<Action>,
     pub commits: Vec<(Timestamp, Deps)>,
     pub clock_bound: u64,
+    pub promise: Option<(Epoch, Ballot)>,
+    pub accepted: Option<(Ballot, ViewProposal)>,
 }
 
 /// An entry of the hold-back queue, waiting for its turn in timestamp order.
 #[derive(Debug)]
-struct Held {
-    body: HeldBody,
+pub(super) struct Held {
+    pub body: HeldBody,
     /// Known once the action committed.
-    deps: Option<Deps>,
+    pub deps: Option<Deps>,
     /// When this member next re-sends its ack if the entry stays uncommitted at the head.
-    reack_at: Ticks,
-    reack_backoff: Ticks,
+    pub reack_at: Ticks,
+    pub reack_backoff: Ticks,
 }
 
 #[derive(Debug)]
-enum HeldBody {
+pub(super) enum HeldBody {
     Write(Action),
     /// A read-only ordering point, held only at its origin.
     Fence {
@@ -136,13 +184,13 @@ enum HeldBody {
 
 /// An own action or fence that is not committed yet.
 #[derive(Debug)]
-struct InFlight {
+pub(super) struct InFlight {
     /// What to re-send.
-    msg: PeerMsg,
+    pub msg: PeerMsg,
     /// `hw` of each member that acked.
-    acks: BTreeMap<NodeId, Oseq>,
-    resend_at: Ticks,
-    backoff: Ticks,
+    pub acks: BTreeMap<NodeId, Oseq>,
+    pub resend_at: Ticks,
+    pub backoff: Ticks,
 }
 
 /// Counters the node reports in its status.
@@ -160,39 +208,97 @@ pub struct Stats {
     pub in_flight: usize,
     /// Requests queued for the next action.
     pub queued: usize,
+    /// Whether this node is a member of its current view.
+    pub member: bool,
+    /// Whether a view change is under way (this node promised the next epoch).
+    pub frozen: bool,
 }
 
-/// One node's replication engine.
+/// The master's view of the cluster, as `status` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub view: View,
+    /// Which node answered.
+    pub reporter: NodeId,
+    pub members: Vec<MemberStatus>,
+}
+
+/// One node's replication and membership engine.
 pub struct Replica {
-    cfg: Config,
-    now: Ticks,
-    clock: u64,
-    clock_bound: u64,
-    next_oseq: Oseq,
-    received: Received,
-    held: BTreeMap<Timestamp, Held>,
-    in_flight: BTreeMap<Timestamp, InFlight>,
+    pub(super) cfg: Config,
+    pub(super) now: Ticks,
+    pub(super) rng: StdRng,
+    pub(super) clock: u64,
+    pub(super) clock_bound: u64,
+    pub(super) view: View,
+    /// Ids of `view.members`, cached.
+    pub(super) members: Vec<NodeId>,
+    pub(super) next_oseq: Oseq,
+    pub(super) received: Received,
+    pub(super) held: BTreeMap<Timestamp, Held>,
+    pub(super) in_flight: BTreeMap<Timestamp, InFlight>,
     /// Deps of own applied actions, kept until every member reports it applied them.
-    executed: BTreeMap<Timestamp, Deps>,
+    pub(super) executed: BTreeMap<Timestamp, Deps>,
     /// Last applied timestamp each member reported in an ack.
-    peer_applied: BTreeMap<NodeId, Timestamp>,
-    state: StringState,
-    applied_actions: u64,
-    applied_ts: Timestamp,
-    queued_writes: Vec<Write>,
-    queued_gets: Vec<(WaiterId, ReqSeq)>,
+    pub(super) peer_applied: BTreeMap<NodeId, Timestamp>,
+    pub(super) state: StringState,
+    pub(super) applied_actions: u64,
+    pub(super) applied_ts: Timestamp,
+    /// Per origin, the oseq of its last action applied in this epoch.
+    pub(super) applied_oseq: BTreeMap<NodeId, Oseq>,
+    /// Where `Ready::applied` starts after a restart or snapshot install.
+    pub(super) replay_base: Timestamp,
+    pub(super) since_snapshot: u64,
+    pub(super) queued_writes: Vec<Write>,
+    pub(super) queued_gets: Vec<(WaiterId, ReqSeq)>,
     /// Writes queued or held here, so a retry joins the original instead of being re-sent.
-    pending: HashSet<(ClientId, ReqSeq)>,
-    waiters: HashMap<(ClientId, ReqSeq), Vec<WaiterId>>,
-    ready: Ready,
+    pub(super) pending: HashSet<(ClientId, ReqSeq)>,
+    pub(super) waiters: HashMap<(ClientId, ReqSeq), Vec<WaiterId>>,
+    // Membership.
+    pub(super) health: Health,
+    /// Master: when each member was last heard, and its last health report.
+    pub(super) last_heard: BTreeMap<NodeId, Ticks>,
+    pub(super) member_health: BTreeMap<NodeId, Health>,
+    /// Master: nodes that asked to join.
+    pub(super) joiners: BTreeMap<NodeId, Member>,
+    /// Member: when the master last answered, and the table it sent.
+    pub(super) master_heard: Ticks,
+    pub(super) master_table: Vec<MemberStatus>,
+    pub(super) next_heartbeat: Ticks,
+    /// Silence from the master after which this member starts an election.
+    pub(super) election_after: Ticks,
+    // View change.
+    /// Highest ballot promised for the change to `view.epoch + 1`.
+    pub(super) promised: Ballot,
+    pub(super) accepted: Option<(Ballot, ViewProposal)>,
+    pub(super) proposer: Option<Proposer>,
+    /// The last decision this node installed, re-sent to members that missed it.
+    pub(super) last_decided: Option<ViewProposal>,
+    /// When a node outside the view last asked to join.
+    pub(super) join_sent: Ticks,
+    /// When this node entered its current view.
+    pub(super) view_started: Ticks,
+    /// Highest ballot round seen, so a new proposal outbids every earlier one.
+    pub(super) ballot_round: u64,
+    /// No own proposal starts before this tick (back-off after losing a ballot).
+    pub(super) propose_after: Ticks,
+    /// When this node last promised a ballot of another node.
+    pub(super) frozen_since: Ticks,
+    /// How long a promise may stay without a decision before this node takes over.
+    pub(super) stall_after: Ticks,
+    pub(super) ready: Ready,
 }
 
 impl Replica {
     /// A replica that resumes from what its log held (empty for a fresh node).
     pub fn new(cfg: Config, restored: Restored) -> Self {
-        assert!(cfg.members.contains(&cfg.id), "a replica must be a member of its view");
+        let view =
+            restored.snapshot.as_ref().map_or_else(|| cfg.initial_view.clone(), |s| s.view.clone());
         let mut r = Replica {
             state: StringState::new(cfg.limits),
+            rng: StdRng::seed_from_u64(cfg.seed),
+            members: view.ids(),
+            view,
             cfg,
             now: 0,
             clock: 0,
@@ -205,44 +311,75 @@ impl Replica {
             peer_applied: BTreeMap::new(),
             applied_actions: 0,
             applied_ts: Timestamp::default(),
+            applied_oseq: BTreeMap::new(),
+            replay_base: Timestamp::default(),
+            since_snapshot: 0,
             queued_writes: Vec::new(),
             queued_gets: Vec::new(),
             pending: HashSet::new(),
             waiters: HashMap::new(),
+            health: Health::default(),
+            last_heard: BTreeMap::new(),
+            member_health: BTreeMap::new(),
+            joiners: BTreeMap::new(),
+            master_heard: 0,
+            master_table: Vec::new(),
+            next_heartbeat: 0,
+            election_after: 0,
+            promised: Ballot::default(),
+            accepted: None,
+            proposer: None,
+            last_decided: None,
+            join_sent: 0,
+            view_started: 0,
+            ballot_round: 0,
+            propose_after: 0,
+            frozen_since: 0,
+            stall_after: 0,
             ready: Ready::default(),
         };
         r.restore(restored);
+        r.reset_election_timer();
         r
     }
 
     fn restore(&mut self, restored: Restored) {
         self.clock = restored.clock_bound;
         self.clock_bound = restored.clock_bound;
+        if let Some(rec) = restored.snapshot {
+            self.state = StringState::from_snapshot(&rec.snapshot, self.cfg.limits);
+            self.applied_ts = rec.snapshot.applied;
+            self.clock = self.clock.max(rec.snapshot.applied.time);
+            for (origin, oseq) in rec.received {
+                self.received.fill_to(origin, oseq);
+                self.applied_oseq.insert(origin, oseq);
+            }
+            self.replay_base = rec.snapshot.applied;
+            self.executed = rec.executed.into_iter().collect();
+            self.next_oseq = rec.next_oseq;
+        }
+        let next_epoch = self.view.epoch + 1;
+        if let Some((_, ballot)) = restored.promise.filter(|(e, _)| *e == next_epoch) {
+            self.promised = ballot;
+        }
+        self.accepted = restored.accepted.filter(|(_, p)| p.view.epoch == next_epoch);
+        tracing::debug!(
+            node = self.id(),
+            actions = restored.actions.len(),
+            commits = restored.commits.len(),
+            bound = restored.clock_bound,
+            "restoring"
+        );
         let commits: HashMap<Timestamp, Deps> = restored.commits.into_iter().collect();
         for action in restored.actions {
             self.clock = self.clock.max(action.id.time);
-            if !self.received.insert(action.id.node, action.oseq) {
+            if action.epoch != self.view.epoch
+                || action.id <= self.applied_ts
+                || !self.received.insert(action.id.node, action.oseq)
+            {
                 continue;
             }
-            let own = action.id.node == self.cfg.id;
-            if own {
-                self.next_oseq = self.next_oseq.max(action.oseq + 1);
-            }
-            let deps = commits.get(&action.id).cloned();
-            if own && deps.is_none() {
-                // Durable here, so it acks itself; the others are asked again at once.
-                let mut acks = BTreeMap::new();
-                acks.insert(self.cfg.id, action.oseq - 1);
-                let msg = PeerMsg::Action(action.clone());
-                self.in_flight.insert(action.id, InFlight { msg, acks, resend_at: 0, backoff: 1 });
-            }
-            if own && deps.is_some() {
-                self.executed.insert(action.id, deps.clone().expect("checked"));
-            }
-            for w in &action.writes {
-                self.pending.insert((w.client, w.seq));
-            }
-            self.held.insert(action.id, self.new_held(HeldBody::Write(action), deps));
+            self.restore_action(action, &commits);
         }
         self.deliver();
         // Replay produces no messages or replies; what it applied is reported like any other
@@ -250,12 +387,38 @@ impl Replica {
         self.ready = Ready { applied: std::mem::take(&mut self.ready.applied), ..Ready::default() };
     }
 
-    fn new_held(&self, body: HeldBody, deps: Option<Deps>) -> Held {
+    fn restore_action(&mut self, action: Action, commits: &HashMap<Timestamp, Deps>) {
+        let deps = commits.get(&action.id).cloned();
+        let own = action.id.node == self.id();
+        if own {
+            self.next_oseq = self.next_oseq.max(action.oseq + 1);
+            match &deps {
+                Some(d) => {
+                    self.executed.insert(action.id, d.clone());
+                }
+                None => {
+                    // Durable here, so it acks itself; the others are asked again at once.
+                    let mut acks = BTreeMap::new();
+                    acks.insert(self.id(), action.oseq - 1);
+                    let msg = PeerMsg::Action(action.clone());
+                    self.in_flight
+                        .insert(action.id, InFlight { msg, acks, resend_at: 0, backoff: 1 });
+                }
+            }
+        }
+        for w in &action.writes {
+            self.pending.insert((w.client, w.seq));
+        }
+        let held = self.new_held(HeldBody::Write(action.clone()), deps);
+        self.held.insert(action.id, held);
+    }
+
+    pub(super) fn new_held(&self, body: HeldBody, deps: Option<Deps>) -> Held {
         Held { body, deps, reack_at: self.now + self.cfg.resend_ticks, reack_backoff: 1 }
     }
 
     pub fn id(&self) -> NodeId {
-        self.cfg.id
+        self.cfg.me.id
     }
 
     /// The applied string.
@@ -263,16 +426,47 @@ impl Replica {
         self.state.value()
     }
 
+    /// The last applied action before the ones `Ready::applied` reported since the last
+    /// restart or snapshot install (the default timestamp if they start from the beginning).
+    pub fn replay_base(&self) -> Timestamp {
+        self.replay_base
+    }
+
+    /// The current view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub fn is_member(&self) -> bool {
+        self.view.contains(self.id())
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.view.master == self.id() && self.is_member()
+    }
+
+    /// Whether this node promised the next epoch and so may not ack actions of this one.
+    pub fn is_frozen(&self) -> bool {
+        self.promised != Ballot::default()
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             clock: self.clock,
-            epoch: self.cfg.epoch,
+            epoch: self.view.epoch,
             applied_actions: self.applied_actions,
             applied_ts: self.applied_ts,
             held: self.held.len(),
             in_flight: self.in_flight.len(),
             queued: self.queued_writes.len() + self.queued_gets.len(),
+            member: self.is_member(),
+            frozen: self.is_frozen(),
         }
+    }
+
+    /// Updates the health this node reports in its heartbeats.
+    pub fn set_health(&mut self, health: Health) {
+        self.health = health;
     }
 
     /// Hands over everything produced since the last call.
@@ -285,6 +479,9 @@ impl Replica {
 
     /// Accepts a client request. Its reply comes out of a later `Ready`, addressed to `waiter`.
     pub fn client_request(&mut self, waiter: WaiterId, req: Request) {
+        if let Some(err) = self.unavailable() {
+            return self.reply(waiter, req.seq, Err(err));
+        }
         let op = match req.op {
             Op::Get => {
                 self.queued_gets.push((waiter, req.seq));
@@ -308,91 +505,66 @@ impl Replica {
         }
     }
 
-    fn reply(&mut self, waiter: WaiterId, seq: ReqSeq, result: Result<Response, Error>) {
+    /// Why this node cannot take requests now, if it cannot: it is outside the view, or it
+    /// has lost the master for longer than the failure timeout (it may be on the minority side
+    /// of a partition, where nothing can commit).
+    fn unavailable(&self) -> Option<Error> {
+        let reason = if !self.is_member() {
+            format!("node {} is not a member of view {}", self.id(), self.view.epoch)
+        } else if !self.is_master()
+            && self.now.saturating_sub(self.master_heard) > self.cfg.failure_ticks
+        {
+            format!("node {} has lost contact with master {}", self.id(), self.view.master)
+        } else {
+            return None;
+        };
+        let try_nodes = self
+            .view
+            .members
+            .iter()
+            .filter(|m| m.id != self.id() && !m.client_addr.is_empty())
+            .map(|m| m.client_addr.clone())
+            .collect();
+        Some(Error::Unavailable { reason, try_nodes })
+    }
+
+    pub(super) fn reply(&mut self, waiter: WaiterId, seq: ReqSeq, result: Result<Response, Error>) {
         self.ready.replies.push(ClientReply { waiter, reply: Reply { seq, result } });
     }
 
-    /// Turns queued requests into actions and fences, as far as the window allows. The driver
-    /// calls it after draining its inputs, so everything that arrived together shares one
-    /// action and one fsync.
-    pub fn propose(&mut self) {
-        while !self.queued_writes.is_empty() && self.in_flight.len() < self.cfg.window {
-            self.propose_action();
-        }
-        if !self.queued_gets.is_empty() && self.in_flight.len() < self.cfg.window {
-            self.propose_fence();
-        }
-    }
-
-    fn propose_action(&mut self) {
-        let mut bytes = 0;
-        let mut take = 0;
-        for w in &self.queued_writes {
-            let size = w.op.value().len();
-            if take > 0
-                && (bytes + size > self.cfg.max_action_bytes || take == self.cfg.max_action_writes)
-            {
-                break;
-            }
-            bytes += size;
-            take += 1;
-        }
-        let writes: Vec<Write> = self.queued_writes.drain(..take).collect();
-        let id = self.stamp();
-        let oseq = self.next_oseq;
-        self.next_oseq += 1;
-        self.received.insert(self.cfg.id, oseq);
-        let action = Action { id, epoch: self.cfg.epoch, oseq, writes };
-        self.ready.log.push(LogRecord::Action(action.clone()));
-        let msg = PeerMsg::Action(action.clone());
-        self.start_in_flight(id, msg);
-        self.held.insert(id, self.new_held(HeldBody::Write(action), None));
-    }
-
-    fn propose_fence(&mut self) {
+    /// Answers every waiting client with `err` (the node left the view).
+    pub(super) fn fail_waiters(&mut self, err: Error) {
         let gets = std::mem::take(&mut self.queued_gets);
-        let id = self.stamp();
-        self.start_in_flight(id, PeerMsg::Fence { id });
-        self.held.insert(id, self.new_held(HeldBody::Fence { gets }, None));
-    }
-
-    /// Registers an own action or fence and sends it: to the others once it is durable here,
-    /// and to ourselves as the ack that proves our own log write.
-    fn start_in_flight(&mut self, id: Timestamp, msg: PeerMsg) {
-        for to in self.others() {
-            let env = self.envelope(to, msg.clone());
-            self.ready.after_sync.push(env);
+        for (waiter, seq) in gets {
+            self.reply(waiter, seq, Err(err.clone()));
         }
-        let ack = self.own_ack(id);
-        self.ready.after_sync.push(self.envelope(self.cfg.id, ack));
-        let resend_at = self.now + self.cfg.resend_ticks;
-        self.in_flight.insert(id, InFlight { msg, acks: BTreeMap::new(), resend_at, backoff: 1 });
+        let waiters: Vec<_> = self.waiters.drain().collect();
+        for ((_, seq), ws) in waiters {
+            for w in ws {
+                self.ready.replies.push(ClientReply {
+                    waiter: w,
+                    reply: Reply { seq, result: Err(err.clone()) },
+                });
+            }
+        }
+        self.queued_writes.clear();
+        self.pending.clear();
     }
 
-    fn stamp(&mut self) -> Timestamp {
-        self.clock += 1;
-        self.bound_clock();
-        Timestamp::new(self.clock, self.cfg.id)
+    pub(super) fn envelope(&self, to: NodeId, msg: PeerMsg) -> Envelope {
+        Envelope { from: self.id(), to, epoch: self.view.epoch, msg }
+    }
+
+    pub(super) fn others(&self) -> Vec<NodeId> {
+        self.members.iter().copied().filter(|&m| m != self.id()).collect()
     }
 
     /// Keeps the persisted clock bound ahead of any time this node may show a peer.
-    fn bound_clock(&mut self) {
+    pub(super) fn bound_clock(&mut self) {
         if self.clock >= self.clock_bound {
             self.clock_bound = self.clock + CLOCK_LEASE;
             self.ready.log.push(LogRecord::ClockBound(self.clock_bound));
         }
-    }
-
-    fn own_ack(&self, id: Timestamp) -> PeerMsg {
-        PeerMsg::Ack { id, hw: self.next_oseq - 1, applied: self.applied_ts }
-    }
-
-    fn others(&self) -> Vec<NodeId> {
-        self.cfg.members.iter().copied().filter(|&m| m != self.cfg.id).collect()
-    }
-
-    fn envelope(&self, to: NodeId, msg: PeerMsg) -> Envelope {
-        Envelope { from: self.cfg.id, to, epoch: self.cfg.epoch, msg }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -400,15 +572,47 @@ impl Replica {
 
     /// Handles one message from a peer (or from this node to itself).
     pub fn step(&mut self, env: Envelope) {
-        assert_eq!(env.to, self.cfg.id, "misrouted message {env:?}");
-        if !self.cfg.members.contains(&env.from) {
+        assert_eq!(env.to, self.id(), "misrouted message {env:?}");
+        match env.msg {
+            PeerMsg::Action(_)
+            | PeerMsg::Fence { .. }
+            | PeerMsg::Ack { .. }
+            | PeerMsg::Execute { .. } => self.step_replication(env),
+            PeerMsg::StaleEpoch { current } => self.on_stale_epoch(env.from, current),
+            PeerMsg::Heartbeat { health } => self.on_heartbeat(env.from, env.epoch, health),
+            PeerMsg::HeartbeatAck { view, members } => {
+                self.on_heartbeat_ack(env.from, view, members)
+            }
+            PeerMsg::Join { member } => self.on_join(env.from, env.epoch, member),
+            PeerMsg::Prepare { ballot, deposes_master } => {
+                self.on_prepare(env.from, env.epoch, ballot, deposes_master)
+            }
+            PeerMsg::Promise { ballot, accepted, pending } => {
+                self.on_promise(env.from, env.epoch, ballot, accepted, pending)
+            }
+            PeerMsg::Nack { ballot, promised } => self.on_nack(env.epoch, ballot, promised),
+            PeerMsg::Accept { ballot, proposal } => {
+                self.on_accept(env.from, env.epoch, ballot, proposal)
+            }
+            PeerMsg::Accepted { ballot } => self.on_accepted(env.from, env.epoch, ballot),
+            PeerMsg::Decided { proposal, snapshot } => {
+                self.on_decided(env.from, proposal, snapshot)
+            }
+        }
+    }
+
+    /// Replication messages count only between members of the same epoch.
+    fn step_replication(&mut self, env: Envelope) {
+        if env.epoch < self.view.epoch {
+            let reply = PeerMsg::StaleEpoch { current: self.view.epoch };
+            self.ready.messages.push(self.envelope(env.from, reply));
             return;
         }
-        if env.epoch != self.cfg.epoch {
-            if env.epoch < self.cfg.epoch {
-                let reply = PeerMsg::StaleEpoch { current: self.cfg.epoch };
-                self.ready.messages.push(self.envelope(env.from, reply));
-            }
+        if env.epoch > self.view.epoch {
+            self.ask_to_join(Some(env.from));
+            return;
+        }
+        if !self.is_member() || !self.members.contains(&env.from) {
             return;
         }
         match env.msg {
@@ -416,195 +620,26 @@ impl Replica {
             PeerMsg::Fence { id } => self.on_fence(env.from, id),
             PeerMsg::Ack { id, hw, applied } => self.on_ack(env.from, id, hw, applied),
             PeerMsg::Execute { id, deps } => self.on_execute(id, deps),
-            PeerMsg::StaleEpoch { .. } => {}
+            _ => unreachable!("only replication messages come here"),
         }
-    }
-
-    fn observe(&mut self, ts: Timestamp) {
-        self.clock = self.clock.max(ts.time) + 1;
-        self.bound_clock();
-    }
-
-    fn on_action(&mut self, from: NodeId, action: Action) {
-        if from != action.id.node || action.oseq == 0 || action.epoch != self.cfg.epoch {
-            return;
-        }
-        let id = action.id;
-        if self.received.insert(id.node, action.oseq) {
-            assert!(
-                id > self.applied_ts,
-                "n{} received {id} after applying {}: the delivery rule was broken",
-                self.cfg.id,
-                self.applied_ts
-            );
-            self.observe(id);
-            for w in &action.writes {
-                self.pending.insert((w.client, w.seq));
-            }
-            self.ready.log.push(LogRecord::Action(action.clone()));
-            self.held.insert(id, self.new_held(HeldBody::Write(action), None));
-        }
-        // New or duplicate, the ack goes out once the log holds the action.
-        let ack = self.own_ack(id);
-        self.ready.after_sync.push(self.envelope(from, ack));
-    }
-
-    fn on_fence(&mut self, from: NodeId, id: Timestamp) {
-        if from != id.node {
-            return;
-        }
-        self.observe(id);
-        // Our earlier actions (up to hw) must be durable and sent before the origin counts
-        // on them, so this ack waits for the log like any other.
-        let ack = self.own_ack(id);
-        self.ready.after_sync.push(self.envelope(from, ack));
-    }
-
-    fn on_ack(&mut self, from: NodeId, id: Timestamp, hw: Oseq, applied: Timestamp) {
-        if from != self.cfg.id {
-            let seen = self.peer_applied.entry(from).or_default();
-            *seen = (*seen).max(applied);
-            self.forget_executed();
-        }
-        if id.node != self.cfg.id {
-            return;
-        }
-        if let Some(f) = self.in_flight.get_mut(&id) {
-            f.acks.entry(from).or_insert(hw);
-            if f.acks.len() == self.cfg.members.len() {
-                self.commit(id);
-            }
-            return;
-        }
-        // A duplicate ack for a committed action: the member missed the Execute.
-        let deps =
-            self.executed.get(&id).or_else(|| self.held.get(&id).and_then(|h| h.deps.as_ref()));
-        if let Some(deps) = deps.cloned() {
-            if from != self.cfg.id {
-                let env = self.envelope(from, PeerMsg::Execute { id, deps });
-                self.ready.messages.push(env);
-            }
-        }
-    }
-
-    fn commit(&mut self, id: Timestamp) {
-        let f = self.in_flight.remove(&id).expect("committing an action in flight");
-        let mut deps: Deps = f.acks.into_iter().collect();
-        if let PeerMsg::Action(a) = &f.msg {
-            // Our own entry: every earlier own action precedes this one.
-            for d in deps.iter_mut().filter(|d| d.0 == self.cfg.id) {
-                d.1 = a.oseq - 1;
-            }
-            self.ready.log.push(LogRecord::Commit { id, deps: deps.clone() });
-            for to in self.others() {
-                let env = self.envelope(to, PeerMsg::Execute { id, deps: deps.clone() });
-                self.ready.messages.push(env);
-            }
-            self.executed.insert(id, deps.clone());
-        }
-        self.held.get_mut(&id).expect("own entry is held").deps = Some(deps);
-        self.deliver();
-    }
-
-    fn on_execute(&mut self, id: Timestamp, deps: Deps) {
-        let Some(held) = self.held.get_mut(&id) else { return };
-        if held.deps.is_some() {
-            return;
-        }
-        held.deps = Some(deps.clone());
-        self.ready.log.push(LogRecord::Commit { id, deps });
-        self.deliver();
-    }
-
-    fn forget_executed(&mut self) {
-        let others = self.others();
-        let Some(low) =
-            others.iter().map(|m| self.peer_applied.get(m).copied().unwrap_or_default()).min()
-        else {
-            self.executed.clear();
-            return;
-        };
-        self.executed = self.executed.split_off(&Timestamp::new(low.time, low.node + 1));
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Delivery
-
-    /// Applies entries from the head of the hold-back queue while the head is committed and
-    /// every action it depends on is here. Anything with a smaller timestamp is then already
-    /// in the queue ahead of it (see docs/protocol.md, "Why the order is the same everywhere").
-    fn deliver(&mut self) {
-        while let Some(entry) = self.held.first_entry() {
-            let Some(deps) = &entry.get().deps else { break };
-            if !deps.iter().all(|&(node, upto)| self.received.contiguous(node) >= upto) {
-                break;
-            }
-            let (id, held) = entry.remove_entry();
-            debug_assert!(id > self.applied_ts, "delivery out of order");
-            match held.body {
-                HeldBody::Write(action) => self.apply_action(action),
-                HeldBody::Fence { gets } => {
-                    let value = self.state.snapshot_value();
-                    for (waiter, seq) in gets {
-                        self.reply(waiter, seq, Ok(Response::Value(value.clone())));
-                    }
-                }
-            }
-        }
-    }
-
-    fn apply_action(&mut self, action: Action) {
-        for w in &action.writes {
-            let applied: Applied = self.state.apply(w);
-            let key = (w.client, w.seq);
-            self.pending.remove(&key);
-            for waiter in self.waiters.remove(&key).unwrap_or_default() {
-                self.reply(waiter, w.seq, applied.result(w.seq).map(Response::Len));
-            }
-        }
-        self.applied_actions += 1;
-        self.applied_ts = action.id;
-        self.ready.applied.push(action.id);
     }
 
     // -----------------------------------------------------------------------------------------
     // Time
 
-    /// Advances logical time: re-sends unacked actions and re-asks for missing commits.
+    /// Advances logical time: re-sends, heartbeats, failure detection, elections.
     pub fn tick(&mut self) {
         self.now += 1;
-        let now = self.now;
-        let max = self.cfg.max_resend_ticks;
-        let mut resend = Vec::new();
-        for (id, f) in self.in_flight.iter_mut().filter(|(_, f)| f.resend_at <= now) {
-            f.backoff = (f.backoff * 2).min(max);
-            f.resend_at = now + f.backoff;
-            for &m in
-                self.cfg.members.iter().filter(|m| **m != self.cfg.id && !f.acks.contains_key(m))
-            {
-                resend.push((m, *id, f.msg.clone()));
-            }
-        }
-        for (to, _, msg) in resend {
-            let env = self.envelope(to, msg);
-            self.ready.messages.push(env);
-        }
-        self.reack_head();
+        self.tick_replication();
+        self.tick_membership();
+        self.tick_view_change();
     }
 
-    /// A head that stays uncommitted blocks delivery; if it is another origin's, our ack or
-    /// its Execute may have been lost, so we ack again and the origin answers.
-    fn reack_head(&mut self) {
-        let now = self.now;
-        let max = self.cfg.max_resend_ticks;
-        let Some((&id, held)) = self.held.iter_mut().next() else { return };
-        if held.deps.is_some() || id.node == self.cfg.id || held.reack_at > now {
-            return;
-        }
-        held.reack_backoff = (held.reack_backoff * 2).min(max);
-        held.reack_at = now + held.reack_backoff;
-        let ack = self.own_ack(id);
-        let env = self.envelope(id.node, ack);
-        self.ready.after_sync.push(env);
+    /// The cluster as the master sees it (this node's own table if it is the master, else the
+    /// last table the master sent with a heartbeat answer).
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let members =
+            if self.is_master() { self.master_status_table() } else { self.master_table.clone() };
+        ClusterStatus { view: self.view.clone(), reporter: self.id(), members }
     }
 }

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use strstore_protocol::{ClientId, Error, ReqSeq, Write, WriteOp};
+use strstore_protocol::{
+    ClientId, Error, ReqSeq, SessionEntry, Snapshot, Timestamp, Write, WriteOp,
+};
 
 /// A client's entry in the exactly-once table is forgotten after this many applied writes
 /// without use. Counted in writes, never wall time, so every node forgets at the same point.
@@ -160,6 +162,46 @@ impl StringState {
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
+
+    /// The state as a snapshot taken after applying `applied` in view `epoch`.
+    pub fn to_snapshot(&self, epoch: u64, applied: Timestamp) -> Snapshot {
+        let mut sessions: Vec<SessionEntry> = self
+            .sessions
+            .iter()
+            .map(|(&client, s)| SessionEntry {
+                client,
+                seq: s.seq,
+                result: s.result.clone(),
+                last_used: s.last_used,
+            })
+            .collect();
+        sessions.sort_by_key(|e| e.client);
+        Snapshot {
+            epoch,
+            applied,
+            value: self.snapshot_value(),
+            sessions,
+            writes_applied: self.writes_applied,
+        }
+    }
+
+    /// Rebuilds the state a snapshot describes, under this node's limits.
+    pub fn from_snapshot(snapshot: &Snapshot, limits: Limits) -> Self {
+        Self {
+            value: snapshot.value.to_vec(),
+            sessions: snapshot
+                .sessions
+                .iter()
+                .map(|e| {
+                    let session =
+                        Session { seq: e.seq, result: e.result.clone(), last_used: e.last_used };
+                    (e.client, session)
+                })
+                .collect(),
+            writes_applied: snapshot.writes_applied,
+            limits,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +232,16 @@ mod tests {
         s.apply(&write(1, 2, WriteOp::Append("c".into())));
         assert_eq!(s.apply(&write(1, 1, WriteOp::Append("a".into()))), Applied::Superseded);
         assert_eq!(s.value(), b"abc");
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_value_and_sessions() {
+        let mut s = StringState::new(Limits::default());
+        s.apply(&write(7, 3, WriteOp::Append("abc".into())));
+        let snap = s.to_snapshot(2, Timestamp::new(9, 1));
+        let back = StringState::from_snapshot(&snap, Limits::default());
+        assert_eq!(back, s);
+        assert_eq!(back.lookup(7, 3), Some(Applied::Duplicate(Ok(3))));
     }
 
     #[test]

@@ -10,12 +10,12 @@
 mod network;
 mod node;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use strstore_protocol::{Error, NodeId, Op, ReqSeq, Request, Response};
+use strstore_protocol::{Epoch, Error, NodeId, Op, ReqSeq, Request, Response, Timestamp, View};
 use strstore_server::replica::{self, WaiterId};
 
 use crate::checker::{self, History, OkValue, OpKind, Outcome, ReplicaState};
@@ -29,7 +29,7 @@ const CLIENT_TIMEOUT_STEPS: u64 = 400;
 /// Attempts (at successive nodes) before a client gives up on a request as "unknown".
 const CLIENT_ATTEMPTS: u32 = 4;
 /// Steps allowed after healing for everything to settle.
-const SETTLE_STEPS: u64 = 200_000;
+const SETTLE_STEPS: u64 = 20_000;
 
 /// Settings of one run, all drawn from the seed unless overridden.
 #[derive(Clone, Debug)]
@@ -59,6 +59,12 @@ pub struct SimConfig {
     /// Largest pause of a client between two requests, in steps: spreads the workload over
     /// the fault phase.
     pub think_steps: u64,
+    /// Probability per step that a network partition starts (during the fault phase).
+    pub partition: f64,
+    /// Largest duration of a partition, in steps.
+    pub max_partition_steps: u64,
+    /// Applied actions between snapshots (0: never), to exercise compaction.
+    pub snapshot_every: u64,
 }
 
 impl SimConfig {
@@ -80,6 +86,9 @@ impl SimConfig {
             set_ratio: if rng.gen_bool(0.3) { 0.05 } else { 0.0 },
             get_ratio: rng.gen_range(0.1..0.4),
             think_steps: rng.gen_range(0..=300),
+            partition: *[0.0, 0.0003, 0.001].get(rng.gen_range(0..3)).expect("index"),
+            max_partition_steps: rng.gen_range(100..=3_000),
+            snapshot_every: *[0, 3, 20].get(rng.gen_range(0..3)).expect("index"),
         }
     }
 }
@@ -88,7 +97,7 @@ impl fmt::Display for SimConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed={} nodes={} clients={} ops/client={} fault_steps={} loss={} dup={} max_delay={} crash={} max_down={} sync={:.2} set={} get={:.2} think={}",
+            "seed={} nodes={} clients={} ops/client={} fault_steps={} loss={} dup={} max_delay={} crash={} max_down={} sync={:.2} set={} get={:.2} think={} partition={} max_partition={} snapshot_every={}",
             self.seed,
             self.nodes,
             self.clients,
@@ -102,7 +111,10 @@ impl fmt::Display for SimConfig {
             self.sync,
             self.set_ratio,
             self.get_ratio,
-            self.think_steps
+            self.think_steps,
+            self.partition,
+            self.max_partition_steps,
+            self.snapshot_every
         )
     }
 }
@@ -113,6 +125,8 @@ pub struct SimSummary {
     pub ops_ok: usize,
     pub ops_unknown: usize,
     pub crashes: usize,
+    pub partitions: usize,
+    pub views: usize,
     pub messages: u64,
     pub steps: u64,
     pub final_len: usize,
@@ -183,6 +197,13 @@ struct Sim<'a> {
     history: History,
     crashes: usize,
     faults: bool,
+    /// The one applied order every node must follow.
+    order: Vec<Timestamp>,
+    /// Every view entered, by epoch: there must be one per epoch.
+    views: BTreeMap<Epoch, View>,
+    /// One side of the current partition and when it heals.
+    partition: Option<(BTreeSet<NodeId>, u64)>,
+    partitions: usize,
 }
 
 impl<'a> Sim<'a> {
@@ -193,6 +214,10 @@ impl<'a> Sim<'a> {
             .map(|&id| {
                 let mut rc = replica::Config::new(id, ids.clone());
                 rc.window = 8;
+                rc.heartbeat_ticks = 5;
+                rc.failure_ticks = 20;
+                rc.snapshot_every = cfg.snapshot_every;
+                rc.seed = cfg.seed ^ id;
                 (id, SimNode::new(rc))
             })
             .collect();
@@ -219,6 +244,10 @@ impl<'a> Sim<'a> {
             history: History::default(),
             crashes: 0,
             faults: true,
+            order: Vec::new(),
+            views: BTreeMap::new(),
+            partition: None,
+            partitions: 0,
         }
     }
 
@@ -231,6 +260,7 @@ impl<'a> Sim<'a> {
 
     fn heal(&mut self) {
         self.faults = false;
+        self.partition = None;
         for node in self.nodes.values_mut() {
             node.down_until = node.down_until.min(self.now);
         }
@@ -259,21 +289,39 @@ impl<'a> Sim<'a> {
         ))
     }
 
+    /// Every node up, in the same view that holds every node, idle, and at the end of the
+    /// one applied order.
     fn converged(&self) -> bool {
-        let mut counts = self.nodes.values().map(|n| n.replica.as_ref().map(|r| r.stats()));
-        let Some(Some(first)) = counts.next() else { return false };
-        counts.all(|s| s.is_some_and(|s| s.applied_actions == first.applied_actions && s.held == 0))
-            && first.held == 0
-            && first.in_flight == 0
+        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let Some(first) = self.nodes.values().next().and_then(|n| n.replica.as_ref()) else {
+            return false;
+        };
+        let epoch = first.view().epoch;
+        self.nodes.values().all(|n| {
+            n.replica.as_ref().is_some_and(|r| {
+                let s = r.stats();
+                r.view().epoch == epoch
+                    && r.view().ids() == all
+                    && !s.frozen
+                    && s.held == 0
+                    && s.in_flight == 0
+                    && s.queued == 0
+                    && n.position == self.order.len()
+            })
+        })
     }
 
     fn step(&mut self) -> Result<(), String> {
         self.now += 1;
         if self.faults {
             self.maybe_crash();
+            self.maybe_partition();
         }
-        self.restart_due();
+        self.restart_due()?;
         for env in self.net.due(self.now) {
+            if self.cut(env.from, env.to) {
+                continue;
+            }
             if let Some(node) = self.nodes.get_mut(&env.to) {
                 node.deliver(env);
             }
@@ -291,6 +339,11 @@ impl<'a> Sim<'a> {
         let sync = self.rng.gen_bool(self.cfg.sync);
         let node = self.nodes.get_mut(&id).expect("node");
         let out = node.advance(tick, sync).map_err(|e| format!("n{id}: {e}"))?;
+        for view in out.views {
+            self.record_view(id, view)?;
+        }
+        self.align(id)?;
+        self.record_applied(id, &out.applied)?;
         for env in out.messages {
             self.net.send(env, self.now, &mut self.rng, self.faults.then_some(self.cfg));
         }
@@ -315,11 +368,96 @@ impl<'a> Sim<'a> {
         self.crashes += 1;
     }
 
-    fn restart_due(&mut self) {
+    fn restart_due(&mut self) -> Result<(), String> {
         let now = self.now;
-        for node in self.nodes.values_mut() {
-            if !node.is_up() && node.down_until <= now {
-                node.restart();
+        let due: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.is_up() && n.down_until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let node = self.nodes.get_mut(&id).expect("node");
+            let replayed = node.restart();
+            // Replay starts from the node's snapshot, or from the very beginning.
+            node.base = Timestamp::new(u64::MAX, u64::MAX);
+            self.align(id)?;
+            self.record_applied(id, &replayed)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_partition(&mut self) {
+        if let Some((_, until)) = &self.partition {
+            if *until <= self.now {
+                self.partition = None;
+            }
+            return;
+        }
+        if self.cfg.partition == 0.0 || !self.rng.gen_bool(self.cfg.partition) {
+            return;
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let size = self.rng.gen_range(1..=ids.len() / 2);
+        let mut side = BTreeSet::new();
+        while side.len() < size {
+            side.insert(ids[self.rng.gen_range(0..ids.len())]);
+        }
+        let until = self.now + self.rng.gen_range(1..=self.cfg.max_partition_steps);
+        self.partition = Some((side, until));
+        self.partitions += 1;
+    }
+
+    /// Whether the partition separates `a` from `b`.
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.partition.as_ref().is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
+    }
+
+    /// Re-aligns a node's position after a restart or a snapshot install.
+    fn align(&mut self, id: NodeId) -> Result<(), String> {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(base) = node.moved_base() else { return Ok(()) };
+        node.base = base;
+        node.position =
+            if base == Timestamp::default() {
+                0
+            } else {
+                self.order.iter().position(|t| *t == base).map(|i| i + 1).ok_or_else(|| {
+                    format!("n{id} resumed from {base}, which no node ever applied")
+                })?
+            };
+        Ok(())
+    }
+
+    /// Checks that a node applies exactly the one global order.
+    fn record_applied(&mut self, id: NodeId, applied: &[Timestamp]) -> Result<(), String> {
+        let node = self.nodes.get_mut(&id).expect("node");
+        for ts in applied {
+            match self.order.get(node.position) {
+                Some(expected) if expected != ts => {
+                    return Err(format!(
+                        "total order broken: n{id} applied {ts} as action #{} where others applied {expected}",
+                        node.position + 1
+                    ))
+                }
+                Some(_) => {}
+                None => self.order.push(*ts),
+            }
+            node.position += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks that there is one view per epoch.
+    fn record_view(&mut self, id: NodeId, view: View) -> Result<(), String> {
+        match self.views.get(&view.epoch) {
+            Some(seen) if *seen != view => {
+                Err(format!("two views for epoch {}: {seen:?} and, at n{id}, {view:?}", view.epoch))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.views.insert(view.epoch, view);
+                Ok(())
             }
         }
     }
@@ -423,7 +561,7 @@ impl<'a> Sim<'a> {
             .map(|(id, n)| ReplicaState {
                 node: *id,
                 string: n.replica.as_ref().map(|r| r.value().to_vec()).unwrap_or_default(),
-                applied: n.applied.iter().map(|ts| (ts.time, ts.node)).collect(),
+                applied: self.order[..n.position].iter().map(|ts| (ts.time, ts.node)).collect(),
             })
             .collect()
     }
@@ -440,6 +578,8 @@ impl<'a> Sim<'a> {
                 .filter(|o| matches!(o.outcome, Outcome::Unknown))
                 .count(),
             crashes: self.crashes,
+            partitions: self.partitions,
+            views: self.views.len(),
             messages: self.net.sent,
             steps: self.now,
             final_len: self

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use strstore_protocol::{Envelope, Request, Timestamp};
+use strstore_protocol::{Envelope, Request, Timestamp, View};
 use strstore_server::log::{LogStore, MemLog};
 use strstore_server::replica::{self, ClientReply, Replica, WaiterId};
 
@@ -11,6 +11,10 @@ use strstore_server::replica::{self, ClientReply, Replica, WaiterId};
 pub struct Output {
     pub messages: Vec<Envelope>,
     pub replies: Vec<ClientReply>,
+    /// Write actions applied, in order.
+    pub applied: Vec<Timestamp>,
+    /// Views entered.
+    pub views: Vec<View>,
 }
 
 pub struct SimNode {
@@ -23,8 +27,10 @@ pub struct SimNode {
     inbox: VecDeque<Envelope>,
     /// Step at which a crashed node restarts.
     pub down_until: u64,
-    /// Write actions applied since the last (re)start, in order; replay included.
-    pub applied: Vec<Timestamp>,
+    /// Position in the global applied order: how many actions this node's state reflects.
+    pub position: usize,
+    /// The replay base the position was last aligned to.
+    pub base: Timestamp,
 }
 
 impl SimNode {
@@ -37,7 +43,8 @@ impl SimNode {
             unsynced: Vec::new(),
             inbox: VecDeque::new(),
             down_until: 0,
-            applied: Vec::new(),
+            position: 0,
+            base: Timestamp::default(),
         }
     }
 
@@ -72,7 +79,7 @@ impl SimNode {
         self.collect(&mut out)?;
         if sync && !self.unsynced.is_empty() {
             self.log.sync().map_err(|e| e.to_string())?;
-            let me = self.cfg.id;
+            let me = self.cfg.id();
             let r = self.replica.as_mut().expect("up");
             for env in std::mem::take(&mut self.unsynced) {
                 if env.to == me {
@@ -93,7 +100,8 @@ impl SimNode {
         self.unsynced.extend(ready.after_sync);
         out.messages.extend(ready.messages);
         out.replies.extend(ready.replies);
-        self.applied.extend(ready.applied);
+        out.applied.extend(ready.applied);
+        out.views.extend(ready.view_changed);
         Ok(())
     }
 
@@ -106,11 +114,18 @@ impl SimNode {
         self.down_until = until;
     }
 
-    /// Starts the node again from what its log kept.
-    pub fn restart(&mut self) {
+    /// Starts the node again from what its log kept; returns what the replay applied.
+    pub fn restart(&mut self) -> Vec<Timestamp> {
         let restored = self.log.load().expect("memory log loads");
         let mut replica = Replica::new(self.cfg.clone(), restored);
-        self.applied = replica.take_ready().applied;
+        let applied = replica.take_ready().applied;
         self.replica = Some(replica);
+        applied
+    }
+
+    /// The replica's replay base, if it moved since the node was last aligned.
+    pub fn moved_base(&self) -> Option<Timestamp> {
+        let base = self.replica.as_ref()?.replay_base();
+        (base != self.base).then_some(base)
     }
 }

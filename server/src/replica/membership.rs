@@ -1,0 +1,212 @@
+//! Heartbeats, failure detection and joins.
+//!
+//! Members send the master a heartbeat with their health every `heartbeat_ticks`; the master
+//! answers each with the view and its table of members, so members notice a dead master and
+//! any node can report the cluster's status. The master declares a member failed after
+//! `failure_ticks` of silence; the view change that removes it lives in `view_change.rs`.
+
+use rand::Rng;
+use strstore_protocol::{
+    Epoch, Health, Member, MemberState, MemberStatus, NodeId, PeerMsg, View, ViewProposal,
+};
+
+use super::node::Replica;
+
+impl Replica {
+    pub(super) fn tick_membership(&mut self) {
+        if self.now < self.next_heartbeat {
+            return;
+        }
+        self.next_heartbeat = self.now + self.cfg.heartbeat_ticks;
+        if !self.is_member() {
+            self.ask_to_join(None);
+        } else if !self.is_master() {
+            let mut health = self.health.clone();
+            health.applied = self.applied_actions;
+            health.clock = self.clock;
+            health.epoch = self.view.epoch;
+            let env = self.envelope(self.view.master, PeerMsg::Heartbeat { health });
+            self.ready.messages.push(env);
+        }
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        let f = self.cfg.failure_ticks.max(1);
+        self.election_after = f + self.rng.gen_range(0..f);
+    }
+
+    pub(super) fn on_heartbeat(&mut self, from: NodeId, epoch: Epoch, health: Health) {
+        if !self.is_master() {
+            if epoch < self.view.epoch {
+                let env = self.envelope(from, PeerMsg::StaleEpoch { current: self.view.epoch });
+                self.ready.messages.push(env);
+            }
+            return;
+        }
+        if epoch + 1 == self.view.epoch && self.view.contains(from) {
+            // It missed the decision that started this view.
+            if let Some(proposal) = self.last_decided.clone() {
+                let env = self.envelope(from, PeerMsg::Decided { proposal, snapshot: None });
+                self.ready.messages.push(env);
+            }
+            return;
+        }
+        if epoch == self.view.epoch && self.view.contains(from) {
+            self.last_heard.insert(from, self.now);
+            self.member_health.insert(from, health);
+        }
+        let ack =
+            PeerMsg::HeartbeatAck { view: self.view.clone(), members: self.master_status_table() };
+        let env = self.envelope(from, ack);
+        self.ready.messages.push(env);
+    }
+
+    pub(super) fn on_heartbeat_ack(
+        &mut self,
+        from: NodeId,
+        view: View,
+        members: Vec<MemberStatus>,
+    ) {
+        if view.epoch == self.view.epoch && from == self.view.master {
+            self.master_heard = self.now;
+            self.master_table = members;
+        } else if view.epoch > self.view.epoch + 1
+            || (view.epoch > self.view.epoch && !view.contains(self.id()))
+        {
+            self.ask_to_join(Some(from));
+        }
+    }
+
+    pub(super) fn on_stale_epoch(&mut self, from: NodeId, current: Epoch) {
+        if current > self.view.epoch {
+            self.ask_to_join(Some(from));
+        }
+    }
+
+    /// Asks to be (re)added, at most once per heartbeat interval: to `hint` (a node known to
+    /// be in a newer view) and to every member of the view this node knows.
+    pub(super) fn ask_to_join(&mut self, hint: Option<NodeId>) {
+        if self.join_sent != 0 && self.now < self.join_sent + self.cfg.heartbeat_ticks {
+            return;
+        }
+        self.join_sent = self.now.max(1);
+        let me = self.cfg.me.clone();
+        let mut targets: Vec<NodeId> = self.view.ids();
+        targets.extend(hint);
+        targets.sort_unstable();
+        targets.dedup();
+        let my_id = self.id();
+        for to in targets.into_iter().filter(|&t| t != my_id) {
+            let env = self.envelope(to, PeerMsg::Join { member: me.clone() });
+            self.ready.messages.push(env);
+        }
+    }
+
+    pub(super) fn on_join(&mut self, from: NodeId, epoch: Epoch, member: Member) {
+        if from != member.id && !self.view.contains(from) {
+            return; // only the node itself, or a member forwarding, may ask
+        }
+        if epoch > self.view.epoch {
+            self.ask_to_join(Some(from)); // the forwarder knows a newer view than we do
+            return;
+        }
+        // A member of our view that asks to join missed the decision that started it, so no
+        // action of this epoch can have committed (that needs its ack). If we applied nothing
+        // in this epoch either, our state is the state at its start: hand it over. This works
+        // even from a node the view left out, which is how a view whose only members are
+        // lagging gets going.
+        if self.view.contains(member.id) && member.id != self.id() && self.applied_oseq.is_empty() {
+            self.send_catch_up(member.id);
+            return;
+        }
+        if !self.is_member() {
+            return;
+        }
+        if !self.is_master() {
+            let env = self.envelope(self.view.master, PeerMsg::Join { member });
+            self.ready.messages.push(env);
+            return;
+        }
+        // A member that asks after actions were applied in this epoch is added again by a
+        // view change, unless it just joined.
+        if self.view.contains(member.id) && self.now < self.view_started + self.cfg.failure_ticks {
+            return;
+        }
+        self.joiners.insert(member.id, member);
+    }
+
+    /// Sends a lagging member of the current view the view and the state it starts from.
+    fn send_catch_up(&mut self, to: NodeId) {
+        let proposal = ViewProposal {
+            view: self.view.clone(),
+            applied_upto: self.applied_ts,
+            committed: Vec::new(),
+            joiners: vec![to],
+        };
+        let snapshot = Some(self.state.to_snapshot(self.view.epoch, self.applied_ts));
+        let env = self.envelope(to, PeerMsg::Decided { proposal, snapshot });
+        self.ready.messages.push(env);
+    }
+
+    /// The master's table of members (and nodes asking to join).
+    pub(super) fn master_status_table(&self) -> Vec<MemberStatus> {
+        let mut table: Vec<MemberStatus> = self
+            .view
+            .members
+            .iter()
+            .map(|m| {
+                let silent = if m.id == self.id() {
+                    0
+                } else {
+                    self.now.saturating_sub(
+                        self.last_heard.get(&m.id).copied().unwrap_or(self.view_started),
+                    )
+                };
+                let state = if silent > self.cfg.failure_ticks {
+                    MemberState::Failed
+                } else if silent > 2 * self.cfg.heartbeat_ticks {
+                    MemberState::Suspect
+                } else {
+                    MemberState::Alive
+                };
+                let health = if m.id == self.id() {
+                    let mut h = self.health.clone();
+                    h.applied = self.applied_actions;
+                    h.clock = self.clock;
+                    h.epoch = self.view.epoch;
+                    h
+                } else {
+                    self.member_health.get(&m.id).cloned().unwrap_or_default()
+                };
+                MemberStatus {
+                    member: m.clone(),
+                    state,
+                    last_heard_ms: silent * self.cfg.tick_ms,
+                    health,
+                }
+            })
+            .collect();
+        for j in self.joiners.values().filter(|j| !self.view.contains(j.id)) {
+            table.push(MemberStatus {
+                member: j.clone(),
+                state: MemberState::Joining,
+                last_heard_ms: 0,
+                health: Health::default(),
+            });
+        }
+        table
+    }
+
+    /// Members the master has not heard from for longer than the failure timeout.
+    pub(super) fn failed_members(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .copied()
+            .filter(|&m| m != self.id())
+            .filter(|m| {
+                let heard = self.last_heard.get(m).copied().unwrap_or(self.view_started);
+                self.now.saturating_sub(heard) > self.cfg.failure_ticks
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,294 @@
+//! Action / ack / execute inside one view, and delivery in timestamp order.
+
+use std::collections::BTreeMap;
+
+use strstore_protocol::{Action, Deps, NodeId, Oseq, PeerMsg, Response, Timestamp, Write};
+
+use super::node::{HeldBody, InFlight, LogRecord, Replica, SnapshotRecord};
+use super::state::Applied;
+
+impl Replica {
+    /// Turns queued requests into actions and fences, as far as the window allows. The driver
+    /// calls it after draining its inputs, so everything that arrived together shares one
+    /// action and one fsync. Nothing is proposed while a view change is under way.
+    pub fn propose(&mut self) {
+        if !self.is_member() || self.is_frozen() {
+            return;
+        }
+        while !self.queued_writes.is_empty() && self.in_flight.len() < self.cfg.window {
+            self.propose_action();
+        }
+        if !self.queued_gets.is_empty() && self.in_flight.len() < self.cfg.window {
+            self.propose_fence();
+        }
+    }
+
+    fn propose_action(&mut self) {
+        let mut bytes = 0;
+        let mut take = 0;
+        for w in &self.queued_writes {
+            let size = w.op.value().len();
+            let full =
+                bytes + size > self.cfg.max_action_bytes || take == self.cfg.max_action_writes;
+            if take > 0 && full {
+                break;
+            }
+            bytes += size;
+            take += 1;
+        }
+        let writes: Vec<Write> = self.queued_writes.drain(..take).collect();
+        let id = self.stamp();
+        let oseq = self.next_oseq;
+        self.next_oseq += 1;
+        self.received.insert(self.id(), oseq);
+        let action = Action { id, epoch: self.view.epoch, oseq, writes };
+        tracing::debug!(node = self.id(), id = %id, oseq, "created action");
+        self.ready.log.push(LogRecord::Action(action.clone()));
+        self.start_in_flight(id, PeerMsg::Action(action.clone()));
+        self.held.insert(id, self.new_held(HeldBody::Write(action), None));
+    }
+
+    fn propose_fence(&mut self) {
+        let gets = std::mem::take(&mut self.queued_gets);
+        let id = self.stamp();
+        self.start_in_flight(id, PeerMsg::Fence { id });
+        self.held.insert(id, self.new_held(HeldBody::Fence { gets }, None));
+    }
+
+    /// Registers an own action or fence and sends it: to the others once it is durable here,
+    /// and to ourselves as the ack that proves our own log write.
+    fn start_in_flight(&mut self, id: Timestamp, msg: PeerMsg) {
+        for to in self.others() {
+            let env = self.envelope(to, msg.clone());
+            self.ready.after_sync.push(env);
+        }
+        let ack = self.own_ack(id);
+        self.ready.after_sync.push(self.envelope(self.id(), ack));
+        let resend_at = self.now + self.cfg.resend_ticks;
+        self.in_flight.insert(id, InFlight { msg, acks: BTreeMap::new(), resend_at, backoff: 1 });
+    }
+
+    fn stamp(&mut self) -> Timestamp {
+        self.clock += 1;
+        self.bound_clock();
+        Timestamp::new(self.clock, self.id())
+    }
+
+    fn own_ack(&self, id: Timestamp) -> PeerMsg {
+        PeerMsg::Ack { id, hw: self.next_oseq - 1, applied: self.applied_ts }
+    }
+
+    fn observe(&mut self, ts: Timestamp) {
+        self.clock = self.clock.max(ts.time) + 1;
+        self.bound_clock();
+    }
+
+    pub(super) fn on_action(&mut self, from: NodeId, action: Action) {
+        if from != action.id.node || action.oseq == 0 || action.epoch != self.view.epoch {
+            return;
+        }
+        if self.is_frozen() {
+            return; // promised the next epoch: acks nothing more of this one
+        }
+        let id = action.id;
+        tracing::debug!(node = self.id(), id = %id, oseq = action.oseq, frozen = self.is_frozen(), "received action");
+        if self.received.insert(id.node, action.oseq) {
+            assert!(
+                id > self.applied_ts,
+                "n{} received {id} after applying {}: the delivery rule was broken",
+                self.id(),
+                self.applied_ts
+            );
+            self.observe(id);
+            for w in &action.writes {
+                self.pending.insert((w.client, w.seq));
+            }
+            self.ready.log.push(LogRecord::Action(action.clone()));
+            self.held.insert(id, self.new_held(HeldBody::Write(action), None));
+        }
+        // New or duplicate, the ack goes out once the log holds the action.
+        let ack = self.own_ack(id);
+        self.ready.after_sync.push(self.envelope(from, ack));
+    }
+
+    pub(super) fn on_fence(&mut self, from: NodeId, id: Timestamp) {
+        if from != id.node || self.is_frozen() {
+            return;
+        }
+        self.observe(id);
+        // Our earlier actions (up to hw) must be durable and sent before the origin counts
+        // on them, so this ack waits for the log like any other.
+        let ack = self.own_ack(id);
+        self.ready.after_sync.push(self.envelope(from, ack));
+    }
+
+    pub(super) fn on_ack(&mut self, from: NodeId, id: Timestamp, hw: Oseq, applied: Timestamp) {
+        if from != self.id() {
+            let seen = self.peer_applied.entry(from).or_default();
+            *seen = (*seen).max(applied);
+            self.forget_executed();
+        }
+        if id.node != self.id() {
+            return;
+        }
+        if let Some(f) = self.in_flight.get_mut(&id) {
+            f.acks.entry(from).or_insert(hw);
+            if f.acks.len() == self.members.len() {
+                self.commit(id);
+            }
+            return;
+        }
+        // A duplicate ack for a committed action: the member missed the Execute.
+        let deps =
+            self.executed.get(&id).or_else(|| self.held.get(&id).and_then(|h| h.deps.as_ref()));
+        if let Some(deps) = deps.cloned() {
+            if from != self.id() {
+                let env = self.envelope(from, PeerMsg::Execute { id, deps });
+                self.ready.messages.push(env);
+            }
+        }
+    }
+
+    fn commit(&mut self, id: Timestamp) {
+        let f = self.in_flight.remove(&id).expect("committing an action in flight");
+        let mut deps: Deps = f.acks.into_iter().collect();
+        if let PeerMsg::Action(a) = &f.msg {
+            // Our own entry: every earlier own action precedes this one.
+            let me = self.id();
+            for d in deps.iter_mut().filter(|d| d.0 == me) {
+                d.1 = a.oseq - 1;
+            }
+            self.ready.log.push(LogRecord::Commit { id, deps: deps.clone() });
+            for to in self.others() {
+                let env = self.envelope(to, PeerMsg::Execute { id, deps: deps.clone() });
+                self.ready.messages.push(env);
+            }
+            self.executed.insert(id, deps.clone());
+        }
+        self.held.get_mut(&id).expect("own entry is held").deps = Some(deps);
+        self.deliver();
+    }
+
+    pub(super) fn on_execute(&mut self, id: Timestamp, deps: Deps) {
+        let Some(held) = self.held.get_mut(&id) else { return };
+        if held.deps.is_some() {
+            return;
+        }
+        held.deps = Some(deps.clone());
+        self.ready.log.push(LogRecord::Commit { id, deps });
+        self.deliver();
+    }
+
+    fn forget_executed(&mut self) {
+        let others = self.others();
+        let low =
+            others.iter().map(|m| self.peer_applied.get(m).copied().unwrap_or_default()).min();
+        match low {
+            None => self.executed.clear(),
+            Some(low) => {
+                self.executed = self.executed.split_off(&Timestamp::new(low.time, low.node + 1));
+            }
+        }
+    }
+
+    /// Applies entries from the head of the hold-back queue while the head is committed and
+    /// every action it depends on is here. Anything with a smaller timestamp is then already
+    /// in the queue ahead of it (see docs/protocol.md, "Why the order is the same everywhere").
+    pub(super) fn deliver(&mut self) {
+        while let Some(entry) = self.held.first_entry() {
+            let Some(deps) = &entry.get().deps else { break };
+            if !deps.iter().all(|&(node, upto)| self.received.contiguous(node) >= upto) {
+                break;
+            }
+            let (id, held) = entry.remove_entry();
+            debug_assert!(id > self.applied_ts, "delivery out of order");
+            match held.body {
+                HeldBody::Write(action) => self.apply_action(action),
+                HeldBody::Fence { gets } => {
+                    let value = self.state.snapshot_value();
+                    for (waiter, seq) in gets {
+                        self.reply(waiter, seq, Ok(Response::Value(value.clone())));
+                    }
+                }
+            }
+        }
+        self.maybe_snapshot();
+    }
+
+    pub(super) fn apply_action(&mut self, action: Action) {
+        for w in &action.writes {
+            let applied: Applied = self.state.apply(w);
+            let key = (w.client, w.seq);
+            self.pending.remove(&key);
+            for waiter in self.waiters.remove(&key).unwrap_or_default() {
+                self.reply(waiter, w.seq, applied.result(w.seq).map(Response::Len));
+            }
+        }
+        self.applied_actions += 1;
+        self.since_snapshot += 1;
+        self.applied_ts = action.id;
+        tracing::debug!(node = self.id(), epoch = self.view.epoch, id = %action.id, oseq = action.oseq, "applied");
+        self.applied_oseq.insert(action.id.node, action.oseq);
+        self.ready.applied.push(action.id);
+    }
+
+    fn maybe_snapshot(&mut self) {
+        if self.cfg.snapshot_every > 0 && self.since_snapshot >= self.cfg.snapshot_every {
+            self.write_snapshot();
+        }
+    }
+
+    /// Logs the applied state; the log drops everything the snapshot covers.
+    pub(super) fn write_snapshot(&mut self) {
+        self.since_snapshot = 0;
+        let record = SnapshotRecord {
+            snapshot: self.state.to_snapshot(self.view.epoch, self.applied_ts),
+            view: self.view.clone(),
+            received: self.applied_oseq.iter().map(|(n, o)| (*n, *o)).collect(),
+            executed: self.executed.iter().map(|(t, d)| (*t, d.clone())).collect(),
+            next_oseq: self.next_oseq,
+        };
+        self.ready.log.push(LogRecord::Snapshot(Box::new(record)));
+    }
+
+    /// Re-sends unacked actions, and re-acks a head that stays uncommitted.
+    pub(super) fn tick_replication(&mut self) {
+        let now = self.now;
+        let max = self.cfg.max_resend_ticks;
+        let me = self.id();
+        let mut resend = Vec::new();
+        for f in self.in_flight.values_mut().filter(|f| f.resend_at <= now) {
+            f.backoff = (f.backoff * 2).min(max);
+            f.resend_at = now + f.backoff;
+            for &m in self.members.iter().filter(|m| **m != me && !f.acks.contains_key(m)) {
+                resend.push((m, f.msg.clone()));
+            }
+        }
+        // Through the log queue: an action may not be durable here yet (its first send is
+        // still waiting for the sync), and no peer may see an action its origin could lose.
+        for (to, msg) in resend {
+            let env = self.envelope(to, msg);
+            self.ready.after_sync.push(env);
+        }
+        if !self.is_frozen() {
+            self.reack_head();
+        }
+    }
+
+    /// A head that stays uncommitted blocks delivery; if it is another origin's, our ack or
+    /// its Execute may have been lost, so we ack again and the origin answers.
+    fn reack_head(&mut self) {
+        let now = self.now;
+        let max = self.cfg.max_resend_ticks;
+        let me = self.id();
+        let Some((&id, held)) = self.held.iter_mut().next() else { return };
+        if held.deps.is_some() || id.node == me || held.reack_at > now {
+            return;
+        }
+        held.reack_backoff = (held.reack_backoff * 2).min(max);
+        held.reack_at = now + held.reack_backoff;
+        let ack = self.own_ack(id);
+        let env = self.envelope(id.node, ack);
+        self.ready.after_sync.push(env);
+    }
+}

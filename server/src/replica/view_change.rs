@@ -1,0 +1,518 @@
+//! View changes: one single-decree Paxos instance per epoch decides the next view and which
+//! pending actions of the old epoch commit.
+//!
+//! Any member may propose (the master to drop failed members or add joiners, another member
+//! to depose a silent master). Phase 1 (`Prepare`/`Promise`) needs a majority of the current
+//! view; a promiser persists its promise and acks no more actions of the epoch. The proposer
+//! re-proposes the highest accepted proposal it hears of, or builds its own: the new members,
+//! and every pending action resolved as committed if some promiser applied past it, saw its
+//! Execute, or if every promiser holds it (a promiser lacking it never acked it, so it cannot
+//! have committed). Phase 2 (`Accept`/`Accepted`) needs a majority too; then `Decided` goes to
+//! everyone. Installing a decision applies the committed actions of the old epoch in
+//! timestamp order, drops the rest, and starts the new epoch: the view change is a barrier.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::Rng;
+use strstore_protocol::{
+    Action, Ballot, Epoch, Error, Member, NodeId, PeerMsg, PendingLog, Snapshot, Timestamp, View,
+    ViewProposal, Write,
+};
+use tracing::info;
+
+use super::node::{HeldBody, LogRecord, Replica, Ticks};
+use super::state::StringState;
+use super::Received;
+
+/// An own view change under way.
+#[derive(Debug)]
+pub(crate) struct Proposer {
+    /// The epoch being left.
+    epoch: Epoch,
+    ballot: Ballot,
+    remove: BTreeSet<NodeId>,
+    add: BTreeMap<NodeId, Member>,
+    master: NodeId,
+    promises: BTreeMap<NodeId, (Option<(Ballot, ViewProposal)>, PendingLog)>,
+    /// Keys of `promises`, for re-sending.
+    promised_by: BTreeSet<NodeId>,
+    proposal: Option<ViewProposal>,
+    resend_at: Ticks,
+    accepts: BTreeSet<NodeId>,
+    started: Ticks,
+    quorum_at: Option<Ticks>,
+}
+
+impl Replica {
+    fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    pub(super) fn tick_view_change(&mut self) {
+        if let Some(p) = &self.proposer {
+            if self.now > p.started + self.cfg.failure_ticks {
+                info!(node = self.id(), epoch = p.epoch + 1, "view change timed out; will retry");
+                self.proposer = None;
+                self.back_off_proposing();
+            } else {
+                self.maybe_accept_phase();
+                self.resend_phase();
+            }
+            return;
+        }
+        if !self.is_member() || self.now < self.propose_after {
+            return;
+        }
+        let stuck = self.is_frozen() && self.now >= self.frozen_since + self.stall_after;
+        if self.is_frozen() && !stuck {
+            return; // another node's view change is under way
+        }
+        if stuck {
+            // Promised a view change that never finished: finish one ourselves, or this epoch
+            // stays frozen for good.
+            info!(
+                node = self.id(),
+                epoch = self.view.epoch + 1,
+                "view change stalled; taking it over"
+            );
+            let remove = if self.is_master() {
+                self.failed_members().into_iter().collect()
+            } else {
+                BTreeSet::new()
+            };
+            let add = if self.is_master() { self.joiners.clone() } else { BTreeMap::new() };
+            self.frozen_since = self.now;
+            let f = self.cfg.failure_ticks.max(1);
+            self.stall_after = f + self.rng.gen_range(0..f);
+            self.start_proposal(remove, add);
+        } else if self.is_master() {
+            let failed = self.failed_members();
+            if !failed.is_empty() || !self.joiners.is_empty() {
+                let add = self.joiners.clone();
+                self.start_proposal(failed.into_iter().collect(), add);
+            }
+        } else if self.now.saturating_sub(self.master_heard) > self.election_after {
+            info!(
+                node = self.id(),
+                master = self.view.master,
+                "master silent; starting an election"
+            );
+            let remove = [self.view.master].into_iter().collect();
+            self.start_proposal(remove, BTreeMap::new());
+            self.reset_election_timer();
+        }
+    }
+
+    /// Phase messages get lost like any other: ask again those that have not answered.
+    fn resend_phase(&mut self) {
+        let now = self.now;
+        let every = self.cfg.resend_ticks.max(1);
+        let me = self.id();
+        let members = self.members.clone();
+        let master = self.view.master;
+        let Some(p) = &mut self.proposer else { return };
+        if now < p.resend_at {
+            return;
+        }
+        p.resend_at = now + every;
+        let (msg, answered): (PeerMsg, &BTreeSet<NodeId>) = match &p.proposal {
+            None => {
+                let deposes_master = p.remove.contains(&master);
+                let answered: &BTreeSet<NodeId> = &p.promised_by;
+                (PeerMsg::Prepare { ballot: p.ballot, deposes_master }, answered)
+            }
+            Some(proposal) => {
+                (PeerMsg::Accept { ballot: p.ballot, proposal: proposal.clone() }, &p.accepts)
+            }
+        };
+        let targets: Vec<NodeId> =
+            members.into_iter().filter(|m| *m != me && !answered.contains(m)).collect();
+        for to in targets {
+            let env = self.envelope(to, msg.clone());
+            self.ready.messages.push(env);
+        }
+    }
+
+    fn back_off_proposing(&mut self) {
+        let spread = (self.cfg.failure_ticks / 2).max(2);
+        self.propose_after = self.now + self.rng.gen_range(1..spread);
+    }
+
+    fn start_proposal(&mut self, remove: BTreeSet<NodeId>, add: BTreeMap<NodeId, Member>) {
+        self.ballot_round = self.ballot_round.max(self.promised.round) + 1;
+        let ballot = Ballot { round: self.ballot_round, node: self.id() };
+        info!(
+            node = self.id(),
+            epoch = self.view.epoch + 1,
+            ?remove,
+            add = ?add.keys().collect::<Vec<_>>(),
+            round = ballot.round,
+            "starting view change"
+        );
+        self.proposer = Some(Proposer {
+            epoch: self.view.epoch,
+            ballot,
+            remove,
+            add,
+            master: self.id(),
+            promises: BTreeMap::new(),
+            promised_by: BTreeSet::new(),
+            proposal: None,
+            resend_at: self.now + self.cfg.resend_ticks,
+            accepts: BTreeSet::new(),
+            started: self.now,
+            quorum_at: None,
+        });
+        let deposes_master =
+            self.proposer.as_ref().is_some_and(|p| p.remove.contains(&self.view.master));
+        self.send_to_view(PeerMsg::Prepare { ballot, deposes_master });
+    }
+
+    /// Sends to every member of the current view; to ourselves through the log, so that our
+    /// own promise or acceptance is durable before we count it.
+    fn send_to_view(&mut self, msg: PeerMsg) {
+        for to in self.members.clone() {
+            let env = self.envelope(to, msg.clone());
+            if to == self.id() {
+                self.ready.after_sync.push(env);
+            } else {
+                self.ready.messages.push(env);
+            }
+        }
+    }
+
+    /// Whether this node still sees a working master, so that a lone node cut off from the
+    /// others cannot depose it when it comes back.
+    fn master_is_healthy(&self) -> bool {
+        if self.is_master() {
+            let heard =
+                self.members
+                    .iter()
+                    .filter(|&&m| {
+                        m == self.id()
+                            || self.last_heard.get(&m).is_some_and(|&t| {
+                                self.now.saturating_sub(t) <= self.cfg.failure_ticks
+                            })
+                    })
+                    .count();
+            heard >= self.majority()
+        } else {
+            self.now.saturating_sub(self.master_heard) <= self.cfg.failure_ticks
+        }
+    }
+
+    /// Common checks of phase 1 and 2 requests: same epoch, and this node is a member.
+    fn acceptor_ready(&mut self, from: NodeId, epoch: Epoch) -> bool {
+        if epoch < self.view.epoch {
+            let env = self.envelope(from, PeerMsg::StaleEpoch { current: self.view.epoch });
+            self.ready.messages.push(env);
+            return false;
+        }
+        if epoch > self.view.epoch {
+            self.ask_to_join(Some(from));
+            return false;
+        }
+        self.is_member() && self.members.contains(&from)
+    }
+
+    fn refuse(&mut self, from: NodeId, ballot: Ballot) {
+        let env = self.envelope(from, PeerMsg::Nack { ballot, promised: self.promised });
+        self.ready.messages.push(env);
+    }
+
+    fn promise(&mut self, ballot: Ballot) {
+        if !self.is_frozen() {
+            self.frozen_since = self.now;
+            let f = self.cfg.failure_ticks.max(1);
+            self.stall_after = f + self.rng.gen_range(0..f);
+        }
+        self.promised = ballot;
+        self.ballot_round = self.ballot_round.max(ballot.round);
+        self.ready.log.push(LogRecord::Promise { epoch: self.view.epoch + 1, ballot });
+    }
+
+    pub(super) fn on_prepare(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        ballot: Ballot,
+        deposes_master: bool,
+    ) {
+        if !self.acceptor_ready(from, epoch) {
+            return;
+        }
+        let sticky = deposes_master && from != self.id() && self.master_is_healthy();
+        if ballot <= self.promised || sticky {
+            return self.refuse(from, ballot);
+        }
+        self.promise(ballot);
+        let pending = self.pending_log();
+        let msg = PeerMsg::Promise { ballot, accepted: self.accepted.clone(), pending };
+        let env = self.envelope(from, msg);
+        self.ready.after_sync.push(env);
+    }
+
+    fn pending_log(&self) -> PendingLog {
+        let mut held = Vec::new();
+        let mut committed = Vec::new();
+        for (id, h) in &self.held {
+            if let HeldBody::Write(a) = &h.body {
+                held.push(a.clone());
+                if h.deps.is_some() {
+                    committed.push(*id);
+                }
+            }
+        }
+        PendingLog { applied: self.applied_ts, held, committed }
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        ballot: Ballot,
+        accepted: Option<(Ballot, ViewProposal)>,
+        pending: PendingLog,
+    ) {
+        let Some(p) = &mut self.proposer else { return };
+        if p.epoch != epoch || p.ballot != ballot || p.proposal.is_some() {
+            return;
+        }
+        p.promises.insert(from, (accepted, pending));
+        p.promised_by.insert(from);
+        self.maybe_accept_phase();
+    }
+
+    /// Moves to phase 2 once a majority promised and either every member we hope to keep
+    /// answered or a short grace period passed (so a slow member is not dropped needlessly).
+    fn maybe_accept_phase(&mut self) {
+        let majority = self.majority();
+        let grace = 2 * self.cfg.resend_ticks;
+        let now = self.now;
+        let members = self.members.clone();
+        let Some(p) = &mut self.proposer else { return };
+        if p.proposal.is_some() || p.promises.len() < majority {
+            return;
+        }
+        let quorum_at = *p.quorum_at.get_or_insert(now);
+        let all_in =
+            members.iter().filter(|m| !p.remove.contains(m)).all(|m| p.promises.contains_key(m));
+        if !all_in && now < quorum_at + grace {
+            return;
+        }
+        let proposal = self.build_proposal();
+        let p = self.proposer.as_mut().expect("proposer");
+        p.proposal = Some(proposal.clone());
+        let ballot = p.ballot;
+        self.send_to_view(PeerMsg::Accept { ballot, proposal });
+    }
+
+    fn build_proposal(&self) -> ViewProposal {
+        let p = self.proposer.as_ref().expect("proposer");
+        let prior = p.promises.values().filter_map(|(a, _)| a.as_ref()).max_by_key(|(b, _)| *b);
+        if let Some((_, proposal)) = prior {
+            return proposal.clone();
+        }
+        let pendings: Vec<&PendingLog> = p.promises.values().map(|(_, l)| l).collect();
+        let applied_upto = pendings.iter().map(|l| l.applied).max().unwrap_or_default();
+        let mut union: BTreeMap<Timestamp, &Action> = BTreeMap::new();
+        for l in &pendings {
+            for a in &l.held {
+                union.entry(a.id).or_insert(a);
+            }
+        }
+        let committed = union
+            .into_iter()
+            .filter(|(id, _)| *id > applied_upto)
+            .filter(|(id, _)| {
+                let executed = pendings.iter().any(|l| l.committed.contains(id));
+                let everywhere = pendings.iter().all(|l| l.held.iter().any(|a| a.id == *id));
+                executed || everywhere
+            })
+            .map(|(_, a)| a.clone())
+            .collect();
+        let mut members: Vec<Member> =
+            self.view.members.iter().filter(|m| !p.remove.contains(&m.id)).cloned().collect();
+        for m in p.add.values() {
+            members.retain(|x| x.id != m.id);
+            members.push(m.clone());
+        }
+        members.sort();
+        ViewProposal {
+            view: View { epoch: p.epoch + 1, master: p.master, members },
+            applied_upto,
+            committed,
+            joiners: p.add.keys().copied().collect(),
+        }
+    }
+
+    pub(super) fn on_nack(&mut self, epoch: Epoch, ballot: Ballot, promised: Ballot) {
+        let Some(p) = &self.proposer else { return };
+        if p.epoch != epoch || p.ballot != ballot {
+            return;
+        }
+        info!(node = self.id(), ?ballot, ?promised, "view change refused; backing off");
+        self.ballot_round = self.ballot_round.max(promised.round);
+        self.proposer = None;
+        self.back_off_proposing();
+    }
+
+    pub(super) fn on_accept(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        ballot: Ballot,
+        proposal: ViewProposal,
+    ) {
+        if !self.acceptor_ready(from, epoch) || proposal.view.epoch != self.view.epoch + 1 {
+            return;
+        }
+        if ballot < self.promised {
+            return self.refuse(from, ballot);
+        }
+        if ballot > self.promised {
+            self.promise(ballot);
+        }
+        self.accepted = Some((ballot, proposal.clone()));
+        self.ready.log.push(LogRecord::Accepted { ballot, proposal });
+        let env = self.envelope(from, PeerMsg::Accepted { ballot });
+        self.ready.after_sync.push(env);
+    }
+
+    pub(super) fn on_accepted(&mut self, from: NodeId, epoch: Epoch, ballot: Ballot) {
+        let majority = self.majority();
+        let Some(p) = &mut self.proposer else { return };
+        if p.epoch != epoch || p.ballot != ballot || p.proposal.is_none() {
+            return;
+        }
+        p.accepts.insert(from);
+        if p.accepts.len() < majority {
+            return;
+        }
+        let p = self.proposer.take().expect("proposer");
+        let proposal = p.proposal.expect("phase 2");
+        let old: Vec<NodeId> = self.members.clone();
+        self.install_decided(proposal.clone());
+        let snapshot = (!proposal.joiners.is_empty())
+            .then(|| self.state.to_snapshot(self.view.epoch, self.applied_ts));
+        let mut targets: BTreeSet<NodeId> = old.into_iter().collect();
+        targets.extend(proposal.view.ids());
+        targets.remove(&self.id());
+        for to in targets {
+            let snapshot = proposal.joiners.contains(&to).then(|| snapshot.clone()).flatten();
+            let env = self.envelope(to, PeerMsg::Decided { proposal: proposal.clone(), snapshot });
+            self.ready.messages.push(env);
+        }
+    }
+
+    pub(super) fn on_decided(
+        &mut self,
+        from: NodeId,
+        proposal: ViewProposal,
+        snapshot: Option<Snapshot>,
+    ) {
+        let target = proposal.view.epoch;
+        if target <= self.view.epoch {
+            return;
+        }
+        if proposal.joiners.contains(&self.id()) {
+            match snapshot {
+                Some(s) => self.install_snapshot(proposal.view, s),
+                None => self.ask_to_join(Some(from)),
+            }
+        } else if target == self.view.epoch + 1 && self.is_member() {
+            self.install_decided(proposal);
+        } else {
+            self.ask_to_join(Some(from));
+        }
+    }
+
+    /// Applies the old epoch's committed actions in order, aborts the rest (re-queueing the
+    /// writes clients here still wait for), and enters the new view.
+    fn install_decided(&mut self, proposal: ViewProposal) {
+        let committed: BTreeSet<Timestamp> = proposal.committed.iter().map(|a| a.id).collect();
+        let mut to_apply: BTreeMap<Timestamp, Action> = BTreeMap::new();
+        let mut aborted: Vec<Write> = Vec::new();
+        let mut gets = Vec::new();
+        for (id, held) in std::mem::take(&mut self.held) {
+            match held.body {
+                HeldBody::Write(a) if id <= proposal.applied_upto || committed.contains(&id) => {
+                    to_apply.insert(id, a);
+                }
+                HeldBody::Write(a) => aborted.extend(a.writes),
+                HeldBody::Fence { gets: g } => gets.extend(g),
+            }
+        }
+        for a in &proposal.committed {
+            to_apply.entry(a.id).or_insert_with(|| a.clone());
+        }
+        for (id, action) in to_apply {
+            if id > self.applied_ts {
+                self.apply_action(action);
+            }
+        }
+        // Writes that did not commit are re-queued for the new epoch if a client waits here.
+        let mut queue: Vec<Write> =
+            aborted.into_iter().filter(|w| self.waiters.contains_key(&(w.client, w.seq))).collect();
+        queue.append(&mut self.queued_writes);
+        self.pending = queue.iter().map(|w| (w.client, w.seq)).collect();
+        self.queued_writes = queue;
+        gets.append(&mut self.queued_gets);
+        self.queued_gets = gets;
+        self.enter_view(proposal.view.clone());
+        self.last_decided = Some(proposal);
+    }
+
+    /// A joiner (or a node left behind) takes the state at the end of the old epoch.
+    fn install_snapshot(&mut self, view: View, snapshot: Snapshot) {
+        self.held.clear();
+        self.fail_waiters(Error::Unavailable {
+            reason: format!("node {} was re-synchronised from a snapshot; retry", self.id()),
+            try_nodes: vec![],
+        });
+        self.state = StringState::from_snapshot(&snapshot, self.cfg.limits);
+        self.applied_ts = snapshot.applied;
+        self.replay_base = snapshot.applied;
+        self.enter_view(view);
+        self.last_decided = None;
+    }
+
+    /// Resets everything scoped to an epoch and starts `view`.
+    fn enter_view(&mut self, view: View) {
+        self.in_flight.clear();
+        self.received = Received::default();
+        self.executed.clear();
+        self.peer_applied.clear();
+        self.applied_oseq.clear();
+        self.next_oseq = 1;
+        self.promised = Ballot::default();
+        self.accepted = None;
+        self.proposer = None;
+        self.clock = self.clock.max(self.applied_ts.time) + 1;
+        self.bound_clock();
+        info!(
+            node = self.id(),
+            epoch = view.epoch,
+            master = view.master,
+            members = ?view.ids(),
+            applied = self.applied_actions,
+            "entered view"
+        );
+        self.members = view.ids();
+        self.view = view;
+        self.view_started = self.now;
+        self.last_heard.clear();
+        self.master_heard = self.now;
+        let view = &self.view;
+        self.joiners.retain(|id, _| !view.contains(*id));
+        self.reset_election_timer();
+        self.write_snapshot();
+        self.ready.view_changed = Some(self.view.clone());
+        if !self.is_member() {
+            self.fail_waiters(Error::Unavailable {
+                reason: format!("node {} was removed from the cluster; it is rejoining", self.id()),
+                try_nodes: self.view.members.iter().map(|m| m.client_addr.clone()).collect(),
+            });
+        }
+    }
+}
