@@ -12,7 +12,7 @@
 //! 3. Stop at the first non-retryable server error, or when `request_timeout` has passed.
 
 use bytes::Bytes;
-use strstore_protocol::{ClientId, Error, NodeId, Op, ReqSeq, Request, Response};
+use strstore_protocol::{ClientId, ClusterReport, Error, NodeId, Op, ReqSeq, Request, Response};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::debug;
@@ -147,6 +147,34 @@ impl Client {
                 Err(ClientError::Protocol("a get was answered with a length".into()))
             }
         }
+    }
+
+    /// The cluster as the master sees it, from the first node that answers (any node can:
+    /// members relay the master's table).
+    pub async fn status(&mut self) -> Result<ClusterReport, ClientError> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut last_error = String::from("no attempt made");
+        while Instant::now() < deadline {
+            for _ in 0..self.rotation.len() {
+                let attempt_deadline = (Instant::now() + self.config.attempt_timeout).min(deadline);
+                let outcome = match self.connect(attempt_deadline).await {
+                    Ok(mut conn) => match timeout_at(attempt_deadline, conn.status()).await {
+                        Ok(Ok(report)) => return Ok(report),
+                        Ok(Err(e)) => self.with_addr(classify(e, false).message()),
+                        Err(_) => self.with_addr("no status answer in time".into()),
+                    },
+                    Err(e) => self.with_addr(e.message()),
+                };
+                last_error = outcome;
+                self.rotation.advance();
+            }
+            sleep_until((Instant::now() + BACKOFF_MIN).min(deadline)).await;
+        }
+        Err(ClientError::NoNodeReachable {
+            addrs: self.config.addrs.join(", "),
+            last_error,
+            request_sent: false,
+        })
     }
 
     /// Sends `op` as the next request and retries it until it is answered or the deadline

@@ -8,8 +8,8 @@ use std::io;
 
 use futures::{SinkExt, StreamExt};
 use strstore_protocol::{
-    ClientFrame, ClientHello, Codec, CodecError, Error, NodeId, Request, Response, ServerFrame,
-    PROTOCOL_VERSION,
+    ClientFrame, ClientHello, ClusterReport, Codec, CodecError, Error, NodeId, Request, Response,
+    ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -68,6 +68,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 "reply to request {} before the welcome",
                 reply.seq
             ))),
+            ServerFrame::Status(_) => Err(ConnError::Protocol("status before the welcome".into())),
+        }
+    }
+
+    /// Asks the node for the cluster status.
+    pub(crate) async fn status(&mut self) -> Result<ClusterReport, ConnError> {
+        self.framed.send(ClientFrame::Status).await.map_err(send_error)?;
+        loop {
+            match read_frame(&mut self.framed).await? {
+                ServerFrame::Status(report) => return Ok(report),
+                ServerFrame::Goodbye(error) => return Err(ConnError::Rejected(error)),
+                ServerFrame::Reply(_) => {}
+                ServerFrame::Welcome { .. } => {
+                    return Err(ConnError::Protocol("second welcome on one connection".into()));
+                }
+            }
         }
     }
 
@@ -89,6 +105,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 ServerFrame::Goodbye(error) => return Err(ConnError::Rejected(error)),
                 ServerFrame::Welcome { .. } => {
                     return Err(ConnError::Protocol("second welcome on one connection".into()));
+                }
+                ServerFrame::Status(_) => {
+                    debug!(node = self.node, "skipping a status answer");
                 }
             }
         }

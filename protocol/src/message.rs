@@ -101,6 +101,8 @@ pub enum ClientFrame {
     Hello(ClientHello),
     /// A request; the node answers with a [`ServerFrame::Reply`] carrying the same `seq`.
     Request(Request),
+    /// Asks for the cluster's status; the node answers with a [`ServerFrame::Status`].
+    Status,
 }
 
 /// Frames from node to client.
@@ -113,6 +115,20 @@ pub enum ServerFrame {
     /// The node closes the connection because of this error (version mismatch, bad frame,
     /// shutdown). Sent at most once, as the last frame.
     Goodbye(Error),
+    /// Answer to [`ClientFrame::Status`].
+    Status(ClusterReport),
+}
+
+/// The cluster as the master sees it, for `strstore-cli status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    pub epoch: Epoch,
+    pub master: NodeId,
+    /// The node that answered (its view may lag the master's by one heartbeat).
+    pub reporter: NodeId,
+    /// Whether the reporter is a member of the view.
+    pub reporter_is_member: bool,
+    pub members: Vec<MemberStatus>,
 }
 
 // ---------------------------------------------------------------------------------------------

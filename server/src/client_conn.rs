@@ -113,6 +113,13 @@ async fn serve(
                         return Err(goodbye(&mut framed, err).await);
                     }
                 }
+                Some(Ok(ClientFrame::Status)) => {
+                    outstanding += 1;
+                    if inbox.send(Input::Status { reply: reply_tx.clone() }).await.is_err() {
+                        let err = Error::Unavailable { reason: "node shutting down".into(), try_nodes: vec![] };
+                        return Err(goodbye(&mut framed, err).await);
+                    }
+                }
                 Some(Ok(ClientFrame::Hello(_))) => {
                     return Err(goodbye(&mut framed, Error::BadRequest("unexpected second hello".into())).await)
                 }
@@ -121,10 +128,10 @@ async fn serve(
             },
             Some(reply) = reply_rx.recv() => {
                 outstanding -= 1;
-                framed.feed(ServerFrame::Reply(reply)).await.map_err(|e| e.to_string())?;
+                framed.feed(reply).await.map_err(|e| e.to_string())?;
                 while let Ok(more) = reply_rx.try_recv() {
                     outstanding -= 1;
-                    framed.feed(ServerFrame::Reply(more)).await.map_err(|e| e.to_string())?;
+                    framed.feed(more).await.map_err(|e| e.to_string())?;
                 }
                 framed.flush().await.map_err(|e| e.to_string())?;
             }

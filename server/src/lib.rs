@@ -10,6 +10,7 @@
 
 pub mod client_conn;
 pub mod config;
+pub mod health;
 pub mod log;
 pub mod log_writer;
 pub mod replica;

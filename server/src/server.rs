@@ -6,13 +6,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strstore_protocol::{Envelope, Reply, Request};
+use strstore_protocol::{Envelope, Request, ServerFrame};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::client_conn;
 use crate::config::NodeConfig;
+use crate::health::Sampler;
 use crate::log::{LogError, LogStore, SledLog};
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{Ready, Replica, WaiterId};
@@ -29,7 +30,9 @@ const MAX_INPUTS_PER_STEP: usize = 4096;
 /// What reaches the engine task.
 pub enum Input {
     /// A client request and where its reply goes.
-    Request { req: Request, reply: mpsc::UnboundedSender<Reply> },
+    Request { req: Request, reply: mpsc::UnboundedSender<ServerFrame> },
+    /// A client asks for the cluster status.
+    Status { reply: mpsc::UnboundedSender<ServerFrame> },
     /// A message from a peer, or an after-sync message to ourselves from the log writer.
     Peer(Envelope),
 }
@@ -93,14 +96,15 @@ pub async fn run(
         peer: peer_listener.as_ref().map(|l| l.local_addr().expect("bound socket has an address")),
     };
 
-    let peers = PeerSenders::start(cfg.id, &cfg.peers, cfg.max_frame_bytes, stop_rx.clone());
+    // Peers may carry a whole snapshot in one frame; they are the cluster's own nodes.
+    let peer_frame_bytes =
+        cfg.max_frame_bytes.max(cfg.limits.max_string_bytes as usize + (1 << 20));
+    let peers = PeerSenders::start(cfg.id, replica.view(), peer_frame_bytes, stop_rx.clone());
     if let Some(listener) = peer_listener {
-        let members = cfg.peers.keys().copied().collect();
         tokio::spawn(transport::accept_peers(
             listener,
             cfg.id,
-            members,
-            cfg.max_frame_bytes,
+            peer_frame_bytes,
             inbox_tx.clone(),
             stop_rx.clone(),
         ));
@@ -121,7 +125,8 @@ pub async fn run(
 
     info!(client = %bound.client, peer = ?bound.peer, "node ready");
     on_bound(bound);
-    let engine = Engine { replica, writer, peers, waiters: HashMap::new(), next_waiter: 1 };
+    let health = Sampler::new(&cfg.data_dir);
+    let engine = Engine { replica, writer, peers, waiters: HashMap::new(), next_waiter: 1, health };
     let writer = engine.run(inbox_rx, cfg.tick, shutdown).await;
     let _ = stop_tx.send(true);
     writer.close();
@@ -134,9 +139,13 @@ struct Engine {
     replica: Replica,
     writer: LogWriter,
     peers: PeerSenders,
-    waiters: HashMap<WaiterId, mpsc::UnboundedSender<Reply>>,
+    waiters: HashMap<WaiterId, mpsc::UnboundedSender<ServerFrame>>,
     next_waiter: WaiterId,
+    health: Sampler,
 }
+
+/// How often the node samples its health for heartbeats.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Engine {
     async fn run(
@@ -147,6 +156,8 @@ impl Engine {
     ) -> LogWriter {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = tokio::time::interval(HEALTH_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -163,6 +174,10 @@ impl Engine {
                     }
                 }
                 _ = ticker.tick() => self.replica.tick(),
+                _ = health.tick() => {
+                    let sample = self.health.sample(self.replica.log_len());
+                    self.replica.set_health(sample);
+                }
             }
             self.replica.propose();
             let ready = self.replica.take_ready();
@@ -181,10 +196,23 @@ impl Engine {
                 self.replica.client_request(waiter, req);
             }
             Input::Peer(env) => self.replica.step(env),
+            Input::Status { reply } => {
+                let _ = reply.send(ServerFrame::Status(self.replica.cluster_status()));
+            }
         }
     }
 
     fn dispatch(&mut self, ready: Ready) {
+        if let Some(view) = &ready.view_changed {
+            info!(
+                epoch = view.epoch,
+                master = view.master,
+                members = ?view.ids(),
+                member = view.contains(self.replica.id()),
+                "view changed"
+            );
+            self.peers.update(view);
+        }
         if !ready.log.is_empty() || !ready.after_sync.is_empty() {
             self.writer.submit(LogJob { records: ready.log, after_sync: ready.after_sync });
         }
@@ -198,7 +226,7 @@ impl Engine {
         for r in ready.replies {
             match self.waiters.remove(&r.waiter) {
                 Some(tx) => {
-                    let _ = tx.send(r.reply);
+                    let _ = tx.send(ServerFrame::Reply(r.reply));
                 }
                 None => debug!(waiter = r.waiter, "reply for a vanished waiter"),
             }

@@ -6,10 +6,11 @@
 //! executes on a duplicate ack).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use strstore_protocol::{Codec, Envelope, NodeId, PeerFrame, PeerHello, PROTOCOL_VERSION};
+use strstore_protocol::{Codec, Envelope, NodeId, PeerFrame, PeerHello, View, PROTOCOL_VERSION};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -25,34 +26,57 @@ pub const PEER_QUEUE: usize = 16_384;
 const RECONNECT_MIN: Duration = Duration::from_millis(20);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
-/// Handles to the outgoing queues, one per peer.
+/// Handles to the outgoing queues, one per peer. Shared by the engine task and the log
+/// writer; the set grows when a view adds a node that was not in `--peers`.
 #[derive(Clone)]
 pub struct PeerSenders {
-    queues: BTreeMap<NodeId, mpsc::Sender<Envelope>>,
+    me: NodeId,
+    max_frame_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+    queues: Arc<RwLock<PeerTable>>,
 }
 
+/// Per peer: the address its link dials, and the link's queue.
+type PeerTable = BTreeMap<NodeId, (String, mpsc::Sender<Envelope>)>;
+
 impl PeerSenders {
-    /// Starts a sender task per peer in `peers` (which must not include this node).
+    /// Starts a sender task per member of `view` other than this node.
     pub fn start(
         me: NodeId,
-        peers: &BTreeMap<NodeId, String>,
+        view: &View,
         max_frame_bytes: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let mut queues = BTreeMap::new();
-        for (&id, addr) in peers.iter().filter(|(id, _)| **id != me) {
+        let senders = Self { me, max_frame_bytes, shutdown, queues: Arc::default() };
+        senders.update(view);
+        senders
+    }
+
+    /// Opens links to members of `view` this node has no link to yet (or whose address
+    /// changed). Links to nodes that left stay: they may rejoin, and their queues are bounded.
+    pub fn update(&self, view: &View) {
+        let mut queues = self.queues.write().expect("peer table lock");
+        for m in view.members.iter().filter(|m| m.id != self.me && !m.peer_addr.is_empty()) {
+            if queues.get(&m.id).is_some_and(|(addr, _)| *addr == m.peer_addr) {
+                continue;
+            }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            let link = Link { me, peer: id, addr: addr.clone(), max_frame_bytes };
-            tokio::spawn(link.run(rx, shutdown.clone()));
-            queues.insert(id, tx);
+            let link = Link {
+                me: self.me,
+                peer: m.id,
+                addr: m.peer_addr.clone(),
+                max_frame_bytes: self.max_frame_bytes,
+            };
+            tokio::spawn(link.run(rx, self.shutdown.clone()));
+            queues.insert(m.id, (m.peer_addr.clone(), tx));
         }
-        Self { queues }
     }
 
     /// Queues `env` for its destination; drops it if the queue is full or the peer unknown.
     pub fn send(&self, env: Envelope) {
-        match self.queues.get(&env.to) {
-            Some(q) => {
+        let queues = self.queues.read().expect("peer table lock");
+        match queues.get(&env.to) {
+            Some((_, q)) => {
                 if q.try_send(env).is_err() {
                     debug!("peer queue full or closed; message dropped (the protocol re-sends)");
                 }
@@ -141,7 +165,6 @@ fn to_io(e: strstore_protocol::CodecError) -> std::io::Error {
 pub async fn accept_peers(
     listener: TcpListener,
     me: NodeId,
-    members: Vec<NodeId>,
     max_frame_bytes: usize,
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
@@ -160,10 +183,9 @@ pub async fn accept_peers(
             _ = stop.changed() => return,
         };
         let inbox = inbox.clone();
-        let members = members.clone();
         tokio::spawn(async move {
             tokio::select! {
-                r = receive_from_peer(stream, me, &members, max_frame_bytes, inbox) => {
+                r = receive_from_peer(stream, me, max_frame_bytes, inbox) => {
                     if let Err(reason) = r {
                         warn!(%addr, %reason, "peer connection refused or broken");
                     }
@@ -177,7 +199,6 @@ pub async fn accept_peers(
 async fn receive_from_peer(
     stream: TcpStream,
     me: NodeId,
-    members: &[NodeId],
     max_frame_bytes: usize,
     inbox: mpsc::Sender<Input>,
 ) -> Result<(), String> {
@@ -187,8 +208,8 @@ async fn receive_from_peer(
         Some(Ok(PeerFrame::Hello(h))) if h.version != PROTOCOL_VERSION => {
             return Err(format!("peer speaks protocol {}, we speak {PROTOCOL_VERSION}", h.version))
         }
-        Some(Ok(PeerFrame::Hello(h))) if !members.contains(&h.node) || h.node == me => {
-            return Err(format!("peer claims id {} which is not another member", h.node))
+        Some(Ok(PeerFrame::Hello(h))) if h.node == me => {
+            return Err(format!("peer claims this node's own id {}", h.node))
         }
         Some(Ok(PeerFrame::Hello(h))) => h.node,
         Some(Ok(_)) => return Err("first frame was not a hello".into()),

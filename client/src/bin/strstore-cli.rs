@@ -62,7 +62,7 @@ struct Cli {
     command: Command,
 }
 
-/// One subcommand per request type; `status` will join them once nodes report it.
+/// One subcommand per request type, and `status`.
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Append VALUE to the end of the string and print the string's new length.
@@ -77,6 +77,13 @@ enum Command {
     },
     /// Print the whole string, followed by one newline.
     Get,
+    /// Print the cluster as the master sees it: epoch, master, and per member its state,
+    /// addresses, seconds since its last heartbeat and its health.
+    Status {
+        /// Print JSON instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The parsed `--addr` list (a newtype so clap keeps it as one value).
@@ -141,8 +148,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             value.push(b'\n');
             value
         }
+        Command::Status { json: true } => {
+            let report = client.status().await?;
+            format!("{}\n", serde_json::to_string_pretty(&report)?).into_bytes()
+        }
+        Command::Status { json: false } => status_table(&client.status().await?).into_bytes(),
     };
     write_stdout(&output)
+}
+
+/// The status report as a table for people.
+fn status_table(report: &strstore_client::protocol::ClusterReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "epoch {}  master n{}  (reported by n{}",
+        report.epoch, report.master, report.reporter
+    );
+    if !report.reporter_is_member {
+        out.push_str(", which is not a member of this view");
+    }
+    out.push_str(")\n");
+    let _ = writeln!(
+        out,
+        "{:<5} {:<8} {:<22} {:<22} {:>8} {:>6} {:>6} {:>9} {:>9} {:>8} {:>9}",
+        "ID",
+        "STATE",
+        "PEER ADDR",
+        "CLIENT ADDR",
+        "HEARD",
+        "CPU%",
+        "MEM%",
+        "RSS",
+        "DISK",
+        "LOG",
+        "APPLIED"
+    );
+    for m in &report.members {
+        let h = &m.health;
+        let _ = writeln!(
+            out,
+            "{:<5} {:<8} {:<22} {:<22} {:>7.1}s {:>6.1} {:>6.1} {:>9} {:>9} {:>8} {:>9}",
+            format!("n{}", m.member.id),
+            format!("{:?}", m.state).to_lowercase(),
+            if m.member.peer_addr.is_empty() { "-" } else { &m.member.peer_addr },
+            if m.member.client_addr.is_empty() { "-" } else { &m.member.client_addr },
+            m.last_heard_ms as f64 / 1000.0,
+            h.cpu_permille as f64 / 10.0,
+            h.mem_permille as f64 / 10.0,
+            human_bytes(h.rss_bytes),
+            human_bytes(h.disk_bytes),
+            h.log_len,
+            h.applied,
+        );
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..=9_999 => format!("{n}B"),
+        10_000..=9_999_999 => format!("{}KiB", n >> 10),
+        _ => format!("{}MiB", n >> 20),
+    }
 }
 
 /// The bytes of VALUE, or of standard input for `-`, refusing more than `max` bytes.

@@ -186,6 +186,14 @@ impl Replica {
                 }
             })
             .collect();
+        for (m, since) in self.departed.values() {
+            table.push(MemberStatus {
+                member: m.clone(),
+                state: MemberState::Failed,
+                last_heard_ms: self.now.saturating_sub(*since) * self.cfg.tick_ms,
+                health: Health::default(),
+            });
+        }
         for j in self.joiners.values().filter(|j| !self.view.contains(j.id)) {
             table.push(MemberStatus {
                 member: j.clone(),

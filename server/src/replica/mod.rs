@@ -29,8 +29,8 @@ pub mod state;
 mod view_change;
 
 pub use node::{
-    ClientReply, ClusterStatus, Config, LogRecord, Ready, Replica, Restored, SnapshotRecord, Stats,
-    Ticks, WaiterId, CLOCK_LEASE,
+    ClientReply, Config, LogRecord, Ready, Replica, Restored, SnapshotRecord, Stats, Ticks,
+    WaiterId, CLOCK_LEASE,
 };
 pub use received::Received;
 pub use state::{Limits, StringState};

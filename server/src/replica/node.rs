@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use strstore_protocol::{
-    Action, Ballot, ClientId, Deps, Envelope, Epoch, Error, Health, Member, MemberStatus, NodeId,
-    Op, Oseq, PeerMsg, Reply, ReqSeq, Request, Response, Snapshot, Timestamp, View, ViewProposal,
-    Write, WriteOp,
+    Action, Ballot, ClientId, ClusterReport, Deps, Envelope, Epoch, Error, Health, Member,
+    MemberStatus, NodeId, Op, Oseq, PeerMsg, Reply, ReqSeq, Request, Response, Snapshot, Timestamp,
+    View, ViewProposal, Write, WriteOp,
 };
 
 use super::state::{Limits, StringState};
@@ -214,15 +214,6 @@ pub struct Stats {
     pub frozen: bool,
 }
 
-/// The master's view of the cluster, as `status` prints it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterStatus {
-    pub view: View,
-    /// Which node answered.
-    pub reporter: NodeId,
-    pub members: Vec<MemberStatus>,
-}
-
 /// One node's replication and membership engine.
 pub struct Replica {
     pub(super) cfg: Config,
@@ -261,6 +252,8 @@ pub struct Replica {
     pub(super) member_health: BTreeMap<NodeId, Health>,
     /// Master: nodes that asked to join.
     pub(super) joiners: BTreeMap<NodeId, Member>,
+    /// Nodes a view change removed, and when: `status` lists them as failed until they rejoin.
+    pub(super) departed: BTreeMap<NodeId, (Member, Ticks)>,
     /// Member: when the master last answered, and the table it sent.
     pub(super) master_heard: Ticks,
     pub(super) master_table: Vec<MemberStatus>,
@@ -322,6 +315,7 @@ impl Replica {
             last_heard: BTreeMap::new(),
             member_health: BTreeMap::new(),
             joiners: BTreeMap::new(),
+            departed: BTreeMap::new(),
             master_heard: 0,
             master_table: Vec::new(),
             next_heartbeat: 0,
@@ -637,9 +631,20 @@ impl Replica {
 
     /// The cluster as the master sees it (this node's own table if it is the master, else the
     /// last table the master sent with a heartbeat answer).
-    pub fn cluster_status(&self) -> ClusterStatus {
+    pub fn cluster_status(&self) -> ClusterReport {
         let members =
             if self.is_master() { self.master_status_table() } else { self.master_table.clone() };
-        ClusterStatus { view: self.view.clone(), reporter: self.id(), members }
+        ClusterReport {
+            epoch: self.view.epoch,
+            master: self.view.master,
+            reporter: self.id(),
+            reporter_is_member: self.is_member(),
+            members,
+        }
+    }
+
+    /// Actions in the log beyond the last snapshot (applied since, or held).
+    pub fn log_len(&self) -> u64 {
+        self.since_snapshot + self.held.len() as u64
     }
 }

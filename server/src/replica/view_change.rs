@@ -498,6 +498,10 @@ impl Replica {
             applied = self.applied_actions,
             "entered view"
         );
+        for m in self.view.members.iter().filter(|m| !view.contains(m.id)) {
+            self.departed.insert(m.id, (m.clone(), self.now));
+        }
+        self.departed.retain(|id, _| !view.contains(*id));
         self.members = view.ids();
         self.view = view;
         self.view_started = self.now;
