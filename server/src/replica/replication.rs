@@ -105,6 +105,8 @@ impl Replica {
             }
             self.ready.log.push(LogRecord::Action(action.clone()));
             self.held.insert(id, self.new_held(HeldBody::Write(action), None));
+            // A committed head may have been waiting for exactly this action.
+            self.deliver();
         }
         // New or duplicate, the ack goes out once the log holds the action.
         let ack = self.own_ack(id);
@@ -283,8 +285,13 @@ impl Replica {
         let me = self.id();
         let Some((&id, held)) = self.held.iter_mut().next() else { return };
         if held.deps.is_some() || id.node == me || held.reack_at > now {
+            if held.deps.is_some() && held.reack_at <= now {
+                held.reack_at = now + max;
+                tracing::debug!(node = me, %id, deps = ?held.deps, received = ?self.received.watermarks(), "head committed but blocked");
+            }
             return;
         }
+        tracing::debug!(node = me, %id, "re-acking uncommitted head");
         held.reack_backoff = (held.reack_backoff * 2).min(max);
         held.reack_at = now + held.reack_backoff;
         let ack = self.own_ack(id);
