@@ -149,6 +149,15 @@ impl fmt::Display for SimFailure {
     }
 }
 
+/// A network partition: `side` cannot talk to the rest, except through `bridge`, a node that
+/// talks to everyone (a "bridge" partition). Isolating one node, the master or a minority are
+/// special cases, drawn at random.
+struct Partition {
+    side: BTreeSet<NodeId>,
+    bridge: Option<NodeId>,
+    until: u64,
+}
+
 /// A client of the simulation: one request at a time, retried at other nodes on timeout.
 struct SimClient {
     id: u64,
@@ -201,8 +210,8 @@ struct Sim<'a> {
     order: Vec<Timestamp>,
     /// Every view entered, by epoch: there must be one per epoch.
     views: BTreeMap<Epoch, View>,
-    /// One side of the current partition and when it heals.
-    partition: Option<(BTreeSet<NodeId>, u64)>,
+    /// The current partition, if any.
+    partition: Option<Partition>,
     partitions: usize,
 }
 
@@ -348,6 +357,12 @@ impl<'a> Sim<'a> {
             self.net.send(env, self.now, &mut self.rng, self.faults.then_some(self.cfg));
         }
         for reply in out.replies {
+            if matches!(reply.reply.result, Ok(Response::Value(_))) {
+                let member = self.nodes[&id].replica.as_ref().is_some_and(|r| r.is_member());
+                if !member {
+                    return Err(format!("n{id} answered a get while outside its view"));
+                }
+            }
             self.on_reply(reply.waiter, reply.reply.seq, reply.reply.result);
         }
         Ok(())
@@ -388,8 +403,8 @@ impl<'a> Sim<'a> {
     }
 
     fn maybe_partition(&mut self) {
-        if let Some((_, until)) = &self.partition {
-            if *until <= self.now {
+        if let Some(p) = &self.partition {
+            if p.until <= self.now {
                 self.partition = None;
             }
             return;
@@ -398,19 +413,41 @@ impl<'a> Sim<'a> {
             return;
         }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let size = self.rng.gen_range(1..=ids.len() / 2);
+        let master =
+            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.view().master).max();
         let mut side = BTreeSet::new();
-        while side.len() < size {
-            side.insert(ids[self.rng.gen_range(0..ids.len())]);
+        let mut bridge = None;
+        match self.rng.gen_range(0..4) {
+            // Isolate the master.
+            0 => side.extend(master),
+            // A bridge: two halves that reach each other only through one node.
+            1 => {
+                let b = ids[self.rng.gen_range(0..ids.len())];
+                bridge = Some(b);
+                for &id in ids.iter().filter(|&&id| id != b) {
+                    if self.rng.gen_bool(0.5) {
+                        side.insert(id);
+                    }
+                }
+            }
+            // A minority (often a single node) cut off from the majority.
+            _ => {
+                let size = self.rng.gen_range(1..=ids.len() / 2);
+                while side.len() < size {
+                    side.insert(ids[self.rng.gen_range(0..ids.len())]);
+                }
+            }
         }
         let until = self.now + self.rng.gen_range(1..=self.cfg.max_partition_steps);
-        self.partition = Some((side, until));
+        self.partition = Some(Partition { side, bridge, until });
         self.partitions += 1;
     }
 
     /// Whether the partition separates `a` from `b`.
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
-        self.partition.as_ref().is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
+        self.partition.as_ref().is_some_and(|p| {
+            p.bridge != Some(a) && p.bridge != Some(b) && p.side.contains(&a) != p.side.contains(&b)
+        })
     }
 
     /// Re-aligns a node's position after a restart or a snapshot install.
