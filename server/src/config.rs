@@ -62,6 +62,11 @@ pub struct NodeArgs {
     /// Most client connections served at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// Applied actions between two snapshots; a snapshot compacts the log (0: only at view
+    /// changes).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
 }
 
 /// A validated node configuration.
@@ -80,6 +85,7 @@ pub struct NodeConfig {
     pub tick: Duration,
     pub window: usize,
     pub max_connections: usize,
+    pub snapshot_every: u64,
 }
 
 /// A configuration mistake, worded for the operator.
@@ -164,6 +170,7 @@ impl NodeArgs {
             tick: Duration::from_millis(self.tick_ms),
             window: self.window,
             max_connections: self.max_connections,
+            snapshot_every: self.snapshot_every,
         })
     }
 }
@@ -187,6 +194,7 @@ impl NodeConfig {
         cfg.seed = rand::random();
         cfg.limits = self.limits;
         cfg.window = self.window;
+        cfg.snapshot_every = self.snapshot_every;
         // An action must fit in a frame with room for its header.
         cfg.max_action_bytes = cfg.max_action_bytes.min(self.max_frame_bytes / 2);
         cfg
