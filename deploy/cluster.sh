@@ -113,11 +113,12 @@ build() {
 # Waits until every node's healthcheck passes (timeout in seconds, default 60).
 wait_healthy() {
   local deadline=$((SECONDS + ${1:-60})) ids states
+  local format='{{.Name}} {{with .State.Health}}{{.Status}}{{else}}{{.State.Status}}{{end}}'
   while true; do
     ids=$(compose ps -q)
     [[ -n $ids ]] || die "no containers in project $COMPOSE_PROJECT_NAME; run 'up' first"
     # shellcheck disable=SC2086 # one id per word
-    states=$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $ids)
+    states=$(docker inspect -f "$format" $ids)
     if ! grep -qv ' healthy$' <<<"$states"; then
       echo "all $nodes nodes healthy"
       return 0
