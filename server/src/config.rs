@@ -39,6 +39,11 @@ pub struct NodeArgs {
     #[arg(long, env = "STRSTORE_MASTER")]
     pub master: Option<NodeId>,
 
+    /// Join a running cluster: start outside the view and ask the nodes in --peers to be
+    /// added (they send the current state). For a node the running cluster did not list.
+    #[arg(long)]
+    pub join: bool,
+
     /// Largest value an append or set may carry, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_value_bytes: u64,
@@ -80,6 +85,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Master of the first view (lowest id if unset).
     pub master: Option<NodeId>,
+    /// Start outside the view and ask to join.
+    pub join: bool,
     pub limits: Limits,
     pub max_frame_bytes: usize,
     pub tick: Duration,
@@ -162,6 +169,7 @@ impl NodeArgs {
             peers,
             data_dir: self.data_dir.clone(),
             master: self.master,
+            join: self.join,
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
                 max_string_bytes: self.max_string_bytes,
@@ -192,6 +200,13 @@ impl NodeConfig {
         cfg.me.client_addr = self.listen.to_string();
         cfg.tick_ms = self.tick.as_millis() as u64;
         cfg.seed = rand::random();
+        if self.join {
+            // Epoch 0 is older than any running cluster's: the first answer from a peer tells
+            // this node it is behind, and it asks to be added.
+            cfg.initial_view.epoch = 0;
+            cfg.initial_view.members.retain(|m| m.id != self.id);
+            cfg.initial_view.master = cfg.initial_view.members.first().map_or(self.id, |m| m.id);
+        }
         cfg.limits = self.limits;
         cfg.window = self.window;
         cfg.snapshot_every = self.snapshot_every;

@@ -180,6 +180,36 @@ impl TestCluster {
         Self { nodes, dir }
     }
 
+    /// Starts one more node, not listed by the others, that joins the running cluster.
+    pub fn add_joining_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let peer_addr = free_addr();
+        let client_addr = free_addr();
+        let mut peers: Vec<String> =
+            self.nodes.iter().map(|n| format!("{}={}", n.id, n.peer_addr)).collect();
+        peers.push(format!("{id}={peer_addr}"));
+        let data_dir = self.dir.path().join(format!("n{id}"));
+        let args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--listen".into(),
+            client_addr.to_string(),
+            "--peer-listen".into(),
+            peer_addr.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--peers".into(),
+            peers.join(","),
+            "--join".into(),
+        ];
+        let log_file = self.dir.path().join(format!("n{id}.log"));
+        let mut node =
+            TestNode { id, client_addr, peer_addr, data_dir, log_file, args, child: None };
+        node.start();
+        self.nodes.push(node);
+        id
+    }
+
     pub fn node(&mut self, id: u64) -> &mut TestNode {
         &mut self.nodes[id as usize - 1]
     }

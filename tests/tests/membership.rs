@@ -111,3 +111,18 @@ fn five_nodes_survive_three_sequential_failures() {
     }
     assert_eq!(converged_get(&c, &[2, 4]), format!("{expected}\n"), "nothing acknowledged is lost");
 }
+
+#[test]
+fn a_node_not_listed_at_start_joins_a_running_cluster() {
+    let mut c = TestCluster::start(3);
+    c.cli_ok(1, &["append", "<a>"]);
+    let id = c.add_joining_node();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_json(&c, 1)["members"].as_array().unwrap().iter().all(|m| m["member"]["id"] != id)
+    {
+        assert!(Instant::now() < deadline, "n{id} was never added\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.cli_ok(id, &["append", "<b>"]);
+    assert_eq!(converged_get(&c, &[1, 2, 3, id]), "<a><b>\n");
+}
