@@ -196,7 +196,15 @@ impl NodeConfig {
         if let Some(me) = cfg.initial_view.members.iter_mut().find(|m| m.id == self.id) {
             me.client_addr = self.listen.to_string();
         }
-        cfg.me.peer_addr = self.peer_listen.map(|a| a.to_string()).unwrap_or_default();
+        // Announce the address the others dial (this node's --peers entry), not the listen
+        // address, which may be 0.0.0.0 in a container.
+        cfg.me.peer_addr = self
+            .peers
+            .get(&self.id)
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .or_else(|| self.peer_listen.map(|a| a.to_string()))
+            .unwrap_or_default();
         cfg.me.client_addr = self.listen.to_string();
         cfg.tick_ms = self.tick.as_millis() as u64;
         cfg.seed = rand::random();
