@@ -5,9 +5,12 @@
 //! - [`log`]: the durable log the engine's records go to (sled on disk, memory in tests), and
 //!   [`log_writer`], the thread that group-commits it.
 //! - [`server`]: the tokio driver that owns the engine; [`client_conn`] serves clients and
-//!   [`transport`] carries peer messages.
+//!   [`transport`] carries peer messages over mutual TLS.
+//! - [`tls`]: TLS material, node identity in certificates, and plain-words handshake errors;
+//!   [`certs`] creates the cluster CA and certificates (`strstore-server certs`).
 //! - [`config`]: command-line configuration and its validation.
 
+pub mod certs;
 pub mod client_conn;
 pub mod config;
 pub mod health;
@@ -15,4 +18,5 @@ pub mod log;
 pub mod log_writer;
 pub mod replica;
 pub mod server;
+pub mod tls;
 pub mod transport;
