@@ -1,15 +1,27 @@
-//! Client connections: handshake, then requests in and replies out on one framed socket.
+//! Client connections: optional TLS, the hello, then requests in and replies out on one
+//! framed socket.
+//!
+//! The first byte tells TLS from plaintext (see [`crate::tls::sniff`]), so a client that got
+//! the port's mode wrong is told so: a plaintext client on a TLS port receives a TLS alert
+//! (which `strstore-cli` explains), and a TLS client on a plaintext port a goodbye frame its
+//! TLS library rejects. Both are logged here with the reason.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
-use strstore_protocol::{ClientFrame, Codec, Error, NodeId, ServerFrame, PROTOCOL_VERSION};
+use strstore_protocol::{
+    ClientFrame, Codec, CodecError, Error, NodeId, ServerFrame, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 use crate::server::Input;
+use crate::tls::sniff::{self, Opening};
+use crate::tls::{TlsState, HANDSHAKE_TIMEOUT};
 
 /// Requests one connection may have awaiting replies; more are not read until some finish,
 /// which pushes back on a client that pipelines without limit.
@@ -22,6 +34,8 @@ pub struct ConnLimits {
     pub max_frame_bytes: usize,
     /// One permit per open connection.
     pub connections: Arc<Semaphore>,
+    /// TLS material when the client port speaks TLS (`--client-tls`).
+    pub tls: Option<TlsState>,
 }
 
 /// Accepts client connections until shutdown.
@@ -53,7 +67,7 @@ pub async fn accept_clients(
         let inbox = inbox.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(reason) = serve(stream, &limits, inbox, shutdown).await {
+            if let Err(reason) = open(stream, addr, &limits, inbox, shutdown).await {
                 info!(client = %addr, %reason, "client connection closed with an error");
             }
             drop(permit);
@@ -61,21 +75,72 @@ pub async fn accept_clients(
     }
 }
 
-type ClientFramed = Framed<TcpStream, Codec<ClientFrame, ServerFrame>>;
+/// Checks that the client speaks the port's mode, does the TLS handshake if any, and serves.
+async fn open(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    limits: &ConnLimits,
+    inbox: mpsc::Sender<Input>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let opening = tokio::time::timeout(HANDSHAKE_TIMEOUT, sniff::opening(&stream)).await;
+    let opening = match opening {
+        Ok(opening) => opening.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("sent nothing within {HANDSHAKE_TIMEOUT:?}")),
+    };
+    match (&limits.tls, opening) {
+        (_, Opening::Closed) => Ok(()),
+        (None, Opening::Plaintext(_)) => serve(stream, limits, inbox, shutdown).await,
+        (None, Opening::Tls) => {
+            let reason = "a TLS handshake arrived on this plaintext client port \
+                          (start the node with --client-tls, or connect without TLS)";
+            warn!(client = %addr, "client connection refused: {reason}");
+            let mut framed = Framed::new(stream, Codec::<ClientFrame, ServerFrame>::new(1024));
+            let _ = framed.send(ServerFrame::Goodbye(Error::BadRequest(reason.into()))).await;
+            Ok(())
+        }
+        (Some(_), Opening::Plaintext(first)) => {
+            warn!(
+                client = %addr,
+                "client connection refused: plaintext (first byte {first:#04x}) on a TLS client \
+                 port; the client needs --tls-ca"
+            );
+            sniff::refuse_plaintext(&mut stream).await;
+            Ok(())
+        }
+        (Some(tls), Opening::Tls) => {
+            let acceptor = tls.current().client_acceptor.clone().expect("TLS client port");
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve(stream, limits, inbox, shutdown).await,
+                Ok(Err(e)) => {
+                    let reason = sniff::describe_handshake_error(&e);
+                    warn!(client = %addr, "client connection refused: TLS handshake failed: {reason}");
+                    Ok(())
+                }
+                Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
+            }
+        }
+    }
+}
 
-async fn goodbye(framed: &mut ClientFramed, err: Error) -> String {
+type ClientFramed<S> = Framed<S, Codec<ClientFrame, ServerFrame>>;
+
+async fn goodbye<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut ClientFramed<S>,
+    err: Error,
+) -> String {
     let reason = err.to_string();
     let _ = framed.send(ServerFrame::Goodbye(err)).await;
     reason
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     limits: &ConnLimits,
     inbox: mpsc::Sender<Input>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut framed =
         Framed::new(stream, Codec::<ClientFrame, ServerFrame>::new(limits.max_frame_bytes));
     match framed.next().await {
@@ -123,6 +188,9 @@ async fn serve(
                 Some(Ok(ClientFrame::Hello(_))) => {
                     return Err(goodbye(&mut framed, Error::BadRequest("unexpected second hello".into())).await)
                 }
+                // A TLS client that closes without close_notify (as strstore-cli does on exit)
+                // is a normal end of the connection, not an error worth logging.
+                Some(Err(CodecError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Some(Err(e)) => return Err(goodbye(&mut framed, Error::BadRequest(e.to_string())).await),
                 None => return Ok(()),
             },

@@ -10,6 +10,7 @@ use clap::Args;
 use strstore_protocol::{NodeId, DEFAULT_MAX_FRAME_BYTES};
 
 use crate::replica::{self, Limits};
+use crate::tls::{ClientAuth, NodeFiles, TlsSettings};
 
 /// Flags of `strstore-server` (run mode).
 #[derive(Args, Clone, Debug)]
@@ -72,6 +73,27 @@ pub struct NodeArgs {
     /// changes).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
+
+    /// Directory with the cluster's TLS material, as `strstore-server certs` writes it: this
+    /// node loads ca.pem, node-<ID>.pem and node-<ID>-key.pem. Required when --peers lists
+    /// more than one node, because peers talk only over mutual TLS. Re-read on SIGHUP.
+    #[arg(long, value_name = "DIR", env = "STRSTORE_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Serve clients over TLS too, with this node's certificate (needs --tls-dir). Clients
+    /// then need --tls-ca.
+    #[arg(long, env = "STRSTORE_CLIENT_TLS")]
+    pub client_tls: bool,
+
+    /// With --client-tls: whether clients must present a certificate signed by the cluster
+    /// CA (`required`), or any client may connect (`none`).
+    #[arg(long, value_enum, default_value_t = ClientAuth::None, env = "STRSTORE_CLIENT_AUTH")]
+    pub client_auth: ClientAuth,
+
+    /// Testing only: start even if this node's own certificate would fail its peers' checks,
+    /// so that tests can play a misconfigured or hostile node and watch it being refused.
+    #[arg(long, hide = true)]
+    pub tls_skip_own_check: bool,
 }
 
 /// A validated node configuration.
@@ -93,6 +115,8 @@ pub struct NodeConfig {
     pub window: usize,
     pub max_connections: usize,
     pub snapshot_every: u64,
+    /// TLS material and client-port mode; `None` only for a single node without --tls-dir.
+    pub tls: Option<TlsSettings>,
 }
 
 /// A configuration mistake, worded for the operator.
@@ -106,9 +130,18 @@ pub enum ConfigError {
     NotInPeers { id: NodeId, peers: String },
     #[error("--peers is given but this node's peer address is unknown: add {id}=HOST:PORT or pass --peer-listen")]
     NoPeerListen { id: NodeId },
+    #[error(
+        "--peers lists {nodes} nodes, so peers must talk over mutual TLS, but no --tls-dir was \
+         given. Create the certificates once (it makes a cluster CA and one certificate per \
+         node):\n\n    {command}\n\nthen start every node with --tls-dir {dir}"
+    )]
+    TlsRequired { nodes: usize, command: String, dir: String },
     #[error("{0}")]
     Invalid(String),
 }
+
+/// Where the error message suggests putting the certificates.
+const SUGGESTED_TLS_DIR: &str = "strstore-tls";
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
@@ -162,6 +195,7 @@ impl NodeArgs {
                 "--tick-ms, --window and --max-connections must be > 0".into(),
             ));
         }
+        let tls = self.tls_settings(&peers)?;
         Ok(NodeConfig {
             id: self.id,
             listen: self.listen,
@@ -179,8 +213,57 @@ impl NodeArgs {
             window: self.window,
             max_connections: self.max_connections,
             snapshot_every: self.snapshot_every,
+            tls,
         })
     }
+
+    /// TLS is mandatory with peers and optional for one node; client TLS needs the material.
+    fn tls_settings(
+        &self,
+        peers: &BTreeMap<NodeId, String>,
+    ) -> Result<Option<TlsSettings>, ConfigError> {
+        let Some(dir) = &self.tls_dir else {
+            if peers.len() > 1 {
+                return Err(ConfigError::TlsRequired {
+                    nodes: peers.len(),
+                    command: certs_command(peers),
+                    dir: SUGGESTED_TLS_DIR.into(),
+                });
+            }
+            if self.client_tls {
+                return Err(ConfigError::Invalid(
+                    "--client-tls needs --tls-dir (the node's certificate serves clients too)"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if self.client_auth == ClientAuth::Required && !self.client_tls {
+            return Err(ConfigError::Invalid("--client-auth required needs --client-tls".into()));
+        }
+        Ok(Some(TlsSettings {
+            files: NodeFiles { dir: dir.clone(), node: self.id },
+            clients: self.client_tls.then_some(self.client_auth),
+            check_own_certificate: !self.tls_skip_own_check,
+        }))
+    }
+}
+
+/// The exact `strstore-server certs` command for the cluster in `peers`: every node id, and
+/// the hosts of their peer addresses so the certificates also fit clients dialling by host.
+fn certs_command(peers: &BTreeMap<NodeId, String>) -> String {
+    let ids: Vec<String> = peers.keys().map(ToString::to_string).collect();
+    let mut hosts: Vec<&str> = peers
+        .values()
+        .filter_map(|addr| addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    format!(
+        "strstore-server certs --dir {SUGGESTED_TLS_DIR} --nodes {} --hosts {}",
+        ids.join(","),
+        hosts.join(",")
+    )
 }
 
 impl NodeConfig {
@@ -236,5 +319,45 @@ mod tests {
         assert!(matches!(parse_peers("x=a:1"), Err(ConfigError::BadPeer { .. })));
         assert!(matches!(parse_peers("1=a:1,1=b:2"), Err(ConfigError::DuplicatePeer(1))));
         assert!(parse_peers("").unwrap().is_empty());
+    }
+
+    fn args(flags: &[&str]) -> NodeArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let argv = std::iter::once("strstore-server").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").node
+    }
+
+    #[test]
+    fn peers_without_tls_name_the_certs_command() {
+        let peers = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=10.0.0.3:7103";
+        let err = args(&["--peers", peers]).validate().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "strstore-server certs --dir strstore-tls --nodes 1,2,3 --hosts 10.0.0.3,127.0.0.1"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("--tls-dir strstore-tls"), "{err}");
+        let cfg = args(&["--peers", peers, "--tls-dir", "t"]).validate().unwrap();
+        let tls = cfg.tls.expect("TLS settings");
+        assert_eq!(tls.files.cert(), std::path::Path::new("t/node-1.pem"));
+        assert_eq!(tls.clients, None);
+    }
+
+    #[test]
+    fn single_node_needs_no_tls_and_client_flags_are_checked() {
+        assert!(args(&[]).validate().unwrap().tls.is_none());
+        let err = args(&["--client-tls"]).validate().unwrap_err().to_string();
+        assert!(err.contains("--client-tls needs --tls-dir"), "{err}");
+        let err = args(&["--tls-dir", "t", "--client-auth", "required"]).validate().unwrap_err();
+        assert!(err.to_string().contains("needs --client-tls"), "{err}");
+        let flags = ["--tls-dir", "t", "--client-tls", "--client-auth", "required"];
+        let tls = args(&flags).validate().unwrap().tls.expect("TLS");
+        assert_eq!(tls.clients, Some(ClientAuth::Required));
     }
 }

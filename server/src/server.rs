@@ -9,7 +9,7 @@ use std::sync::Arc;
 use strstore_protocol::{Envelope, Request, ServerFrame};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client_conn;
 use crate::config::NodeConfig;
@@ -17,6 +17,7 @@ use crate::health::Sampler;
 use crate::log::{LogError, LogStore, SledLog};
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{Ready, Replica, WaiterId};
+use crate::tls::{TlsError, TlsState};
 use crate::transport::{self, PeerSenders};
 
 /// Inputs queued for the engine before senders wait. Bounds memory under overload; the
@@ -46,6 +47,8 @@ pub enum ServerError {
     OpenLog { path: String, source: LogError },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Addresses a running node is listening on (useful when binding port 0).
@@ -55,7 +58,8 @@ pub struct Bound {
     pub peer: Option<SocketAddr>,
 }
 
-/// Runs a node until `shutdown` resolves, then flushes the log and returns.
+/// Runs a node until `shutdown` resolves, then flushes the log and returns. While it runs,
+/// SIGHUP reloads the TLS material (see [`watch_sighup`]).
 pub async fn run(
     cfg: NodeConfig,
     shutdown: impl Future<Output = ()>,
@@ -68,6 +72,7 @@ pub async fn run(
         .map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
     let restored =
         log.load().map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
+    let tls = cfg.tls.clone().map(TlsState::load).transpose()?;
     let replica = Replica::new(cfg.replica_config(), restored);
     let stats = replica.stats();
     info!(
@@ -85,11 +90,16 @@ pub async fn run(
     let client_listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
-    let peer_listener = match cfg.peer_listen {
-        Some(addr) => Some(
+    // Peers only ever speak mutual TLS, so without TLS material there is no peer port at all.
+    let peer_listener = match (cfg.peer_listen, &tls) {
+        (Some(addr), Some(_)) => Some(
             TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?,
         ),
-        None => None,
+        (Some(addr), None) => {
+            info!(%addr, "single node without --tls-dir: not listening for peers");
+            None
+        }
+        (None, _) => None,
     };
     let bound = Bound {
         client: client_listener.local_addr().expect("bound socket has an address"),
@@ -99,21 +109,23 @@ pub async fn run(
     // Peers may carry a whole snapshot in one frame; they are the cluster's own nodes.
     let peer_frame_bytes =
         cfg.max_frame_bytes.max(cfg.limits.max_string_bytes as usize + (1 << 20));
-    let peers = PeerSenders::start(cfg.id, replica.view(), peer_frame_bytes, stop_rx.clone());
-    if let Some(listener) = peer_listener {
-        tokio::spawn(transport::accept_peers(
-            listener,
-            cfg.id,
-            peer_frame_bytes,
-            inbox_tx.clone(),
-            stop_rx.clone(),
-        ));
+    let peers =
+        PeerSenders::start(cfg.id, replica.view(), peer_frame_bytes, tls.clone(), stop_rx.clone());
+    if let (Some(listener), Some(tls)) = (peer_listener, &tls) {
+        let accept = transport::AcceptConfig {
+            me: cfg.id,
+            max_frame_bytes: peer_frame_bytes,
+            tls: tls.clone(),
+        };
+        tokio::spawn(transport::accept_peers(listener, accept, inbox_tx.clone(), stop_rx.clone()));
     }
     let limits = client_conn::ConnLimits {
         node: cfg.id,
         max_frame_bytes: cfg.max_frame_bytes,
         connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        tls: tls.clone().filter(TlsState::serves_clients),
     };
+    tokio::spawn(watch_sighup(tls, stop_rx.clone()));
     tokio::spawn(client_conn::accept_clients(
         client_listener,
         limits,
@@ -132,6 +144,33 @@ pub async fn run(
     writer.close();
     info!("node stopped; log flushed");
     Ok(())
+}
+
+/// Reloads the TLS material on every SIGHUP until shutdown: new connections use the new
+/// certificates, open ones keep theirs, and bad files leave the old material in place. The
+/// handler is installed even without TLS, so that a stray SIGHUP never kills a node.
+async fn watch_sighup(tls: Option<TlsState>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            warn!(error = %e, "cannot install the SIGHUP handler; reload by restarting");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangup.recv() => {}
+            _ = shutdown.changed() => return,
+        }
+        match &tls {
+            None => info!("SIGHUP received; no TLS material to reload (no --tls-dir)"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => {}
+                Err(e) => error!(error = %e, "SIGHUP: cannot reload TLS material; keeping the old"),
+            },
+        }
+    }
 }
 
 /// The engine task's state.

@@ -1,6 +1,11 @@
 //! Real processes on loopback: start `strstore-server` nodes in temporary directories, drive
 //! them with the real `strstore-cli`, kill them with SIGKILL and restart them.
 //!
+//! Multi-node clusters run over mutual TLS like every deployment: the harness creates their
+//! certificates with the real `strstore-server certs` command and starts every node with
+//! `--tls-dir`. [`TestCluster::outsider`] starts an extra node with other certificates or
+//! flags, to play a misconfigured or hostile peer.
+//!
 //! Binaries are built once per test process (`cargo build --bins`, same profile as the
 //! tests), so `cargo test` alone is enough. Every child is killed when its handle drops.
 
@@ -114,6 +119,27 @@ impl TestNode {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
+
+    /// Waits until the node's log contains `needle`; false if it did not within `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGHUP (the node reloads its TLS material).
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "sending SIGHUP to n{}", self.id);
+    }
 }
 
 impl Drop for TestNode {
@@ -122,9 +148,31 @@ impl Drop for TestNode {
     }
 }
 
+/// Runs `strstore-server certs --dir DIR --nodes IDS EXTRA...`, the command operators use.
+pub fn make_certs(dir: &Path, nodes: &[u64], extra: &[&str]) {
+    let ids = nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let out = Command::new(bin("strstore-server"))
+        .arg("certs")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--nodes", &ids])
+        .args(extra)
+        .output()
+        .expect("running strstore-server certs");
+    assert!(
+        out.status.success(),
+        "strstore-server certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A cluster of node processes sharing one temporary directory.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
+    /// The `--peers` value every node got.
+    peers: String,
+    /// The cluster's TLS material, when it has any (always with more than one node).
+    tls_dir: Option<PathBuf>,
     dir: TempDir,
 }
 
@@ -134,9 +182,25 @@ impl TestCluster {
         Self::start_with(n, &[])
     }
 
-    /// Like [`TestCluster::start`], with extra flags for every node.
+    /// Like [`TestCluster::start`], with extra flags for every node. Clusters of more than
+    /// one node get TLS material and `--tls-dir`, as they must.
     pub fn start_with(n: usize, extra: &[&str]) -> Self {
+        Self::launch(n, n > 1, extra)
+    }
+
+    /// Like [`TestCluster::start_with`], with TLS material even for a single node (for
+    /// `--client-tls` tests).
+    pub fn start_tls(n: usize, extra: &[&str]) -> Self {
+        Self::launch(n, true, extra)
+    }
+
+    fn launch(n: usize, tls: bool, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("strstore-test-").tempdir().expect("temp dir");
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let tls_dir = tls.then(|| dir.path().join("tls"));
+        if let Some(tls_dir) = &tls_dir {
+            make_certs(tls_dir, &ids, &[]);
+        }
         let peer_addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let peers = peer_addrs
             .iter()
@@ -162,6 +226,9 @@ impl TestCluster {
             if n > 1 {
                 args.extend(["--peers".to_string(), peers.clone()]);
             }
+            if let Some(tls_dir) = &tls_dir {
+                args.extend(["--tls-dir".to_string(), tls_dir.display().to_string()]);
+            }
             args.extend(extra.iter().map(|s| s.to_string()));
             let log_file = dir.path().join(format!("n{id}.log"));
             nodes.push(TestNode {
@@ -177,7 +244,50 @@ impl TestCluster {
         for node in &mut nodes {
             node.start();
         }
-        Self { nodes, dir }
+        Self { nodes, peers, tls_dir, dir }
+    }
+
+    /// A node that is not one of the cluster's processes but uses its `--peers` list: it
+    /// claims id `id`, loads its TLS material from `tls_dir`, and has its own ports and data
+    /// directory. Not started yet. Tests use it to play a misconfigured or hostile node.
+    pub fn outsider(&self, id: u64, tls_dir: &Path, extra: &[&str]) -> TestNode {
+        let name = format!("outsider-{id}-{}", free_addr().port());
+        let (client_addr, peer_addr) = (free_addr(), free_addr());
+        let data_dir = self.dir.path().join(&name);
+        let mut args: Vec<String> = [
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &client_addr.to_string(),
+            "--peer-listen",
+            &peer_addr.to_string(),
+            "--peers",
+            &self.peers,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--tls-dir",
+            &tls_dir.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log_file = self.dir.path().join(format!("{name}.log"));
+        TestNode { id, client_addr, peer_addr, data_dir, log_file, args, child: None }
+    }
+
+    /// The cluster's TLS directory (as written by `strstore-server certs`).
+    pub fn tls_dir(&self) -> &Path {
+        self.tls_dir.as_deref().expect("this cluster has no TLS material")
+    }
+
+    /// `strstore-cli` flags that make it speak TLS with the cluster's client certificate.
+    pub fn client_tls_flags(&self) -> Vec<String> {
+        let file = |name: &str| self.tls_dir().join(name).display().to_string();
+        ["--tls-ca", &file("ca.pem"), "--tls-cert", &file("client.pem")]
+            .into_iter()
+            .map(String::from)
+            .chain(["--tls-key".to_string(), file("client-key.pem")])
+            .collect()
     }
 
     /// Starts one more node, not listed by the others, that joins the running cluster.
