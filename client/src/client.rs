@@ -13,16 +13,17 @@
 
 use bytes::Bytes;
 use strstore_protocol::{ClientId, ClusterReport, Error, NodeId, Op, ReqSeq, Request, Response};
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use crate::connection::{connect_tcp, ConnError, Connection};
+use crate::connection::{self, ConnError, Connection};
 use crate::retry::{Backoff, Rotation, BACKOFF_MAX, BACKOFF_MIN};
+use crate::stream::Stream;
 use crate::{ClientConfig, ClientError};
 
-/// The byte stream under a connection. TLS will replace it with a stream wrapping this one.
-type Transport = TcpStream;
+/// The byte stream under a connection: plain TCP or TLS, as configured.
+type Transport = Stream;
 
 /// A session with a strstore cluster. It holds at most one connection, sends one request at
 /// a time and numbers its requests 1, 2, 3...
@@ -37,6 +38,8 @@ pub struct Client {
     rotation: Rotation,
     /// Open connection to `config.addrs[rotation.current()]`, if any. Opened lazily.
     conn: Option<Connection<Transport>>,
+    /// TLS settings built once from `config.tls` (files read at creation, not per connection).
+    tls: Option<TlsConnector>,
 }
 
 impl std::fmt::Debug for Client {
@@ -105,8 +108,9 @@ impl Client {
         if next_seq == 0 {
             return Err(ClientError::Config("request numbers start at 1".into()));
         }
+        let tls = config.tls.as_ref().map(crate::tls::connector).transpose()?;
         let rotation = Rotation::new(config.addrs.len(), 0);
-        Ok(Self { config, client_id, next_seq, rotation, conn: None })
+        Ok(Self { config, client_id, next_seq, rotation, conn: None, tls })
     }
 
     /// This session's identity, as sent in every request.
@@ -160,9 +164,14 @@ impl Client {
                 let outcome = match self.connect(attempt_deadline).await {
                     Ok(mut conn) => match timeout_at(attempt_deadline, conn.status()).await {
                         Ok(Ok(report)) => return Ok(report),
-                        Ok(Err(e)) => self.with_addr(classify(e, false).message()),
+                        Ok(Err(e)) => match classify(e, false, self.current_addr()) {
+                            AttemptError::Fatal(error) => return Err(error),
+                            other => self.with_addr(other.message()),
+                        },
                         Err(_) => self.with_addr("no status answer in time".into()),
                     },
+                    // A TLS mismatch will not go away by asking again.
+                    Err(AttemptError::Fatal(error)) => return Err(error),
                     Err(e) => self.with_addr(e.message()),
                 };
                 last_error = outcome;
@@ -246,7 +255,7 @@ impl Client {
                 return Err(AttemptError::Fatal(ClientError::Server(error)));
             }
             Ok(Ok(Err(error))) => Err(AttemptError::Retryable { error, sent: true }),
-            Ok(Err(error)) => Err(classify(error, true)),
+            Ok(Err(error)) => Err(classify(error, true, self.current_addr())),
             Err(_) => {
                 Err(AttemptError::NoAnswer(format!("no reply within {:.1?}", started.elapsed())))
             }
@@ -266,12 +275,12 @@ impl Client {
         let connect_deadline = (Instant::now() + self.config.connect_timeout).min(attempt_deadline);
         let max_frame_bytes = self.config.max_reply_bytes;
         let open = async {
-            let stream = connect_tcp(addr).await?;
+            let stream = connection::open(addr, self.tls.as_ref()).await?;
             Connection::handshake(stream, max_frame_bytes).await
         };
         match timeout_at(connect_deadline, open).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(error)) => Err(classify(error, false)),
+            Ok(Err(error)) => Err(classify(error, false, addr)),
             Err(_) => Err(AttemptError::Unreachable(format!(
                 "no connection within {:.1?}",
                 self.config.connect_timeout
@@ -291,9 +300,12 @@ impl Client {
 }
 
 /// Sorts a connection failure by what the retry loop should do with it. `sent` says whether
-/// the request had been handed to the connection.
-fn classify(error: ConnError, sent: bool) -> AttemptError {
+/// the request had been handed to the connection; `addr` is the node's, for TLS messages.
+fn classify(error: ConnError, sent: bool, addr: &str) -> AttemptError {
     match error {
+        // A TLS failure after the request went out leaves its outcome unknown, like a reset.
+        ConnError::Tls(failure) if sent => AttemptError::NoAnswer(failure.describe(addr)),
+        ConnError::Tls(failure) => AttemptError::Fatal(ClientError::Tls(failure.describe(addr))),
         ConnError::Io(message) if sent => AttemptError::NoAnswer(message),
         ConnError::Io(message) => AttemptError::Unreachable(message),
         ConnError::Rejected(error) if error.is_retryable() => {

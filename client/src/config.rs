@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::tls::TlsFiles;
 use crate::ClientError;
 
 /// Address the tools use when neither `--addr` nor [`ADDR_ENV`] is given: the default port of
@@ -51,6 +52,9 @@ pub struct ClientConfig {
     /// Largest frame accepted from a node (and sent to one): bounds the memory a reply can
     /// take. Must exceed the largest string a `get` may return.
     pub max_reply_bytes: usize,
+    /// TLS towards the nodes, or `None` for plaintext. The files are read when the
+    /// [`Client`](crate::Client) is created.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +65,7 @@ impl Default for ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            tls: None,
         }
     }
 }
@@ -78,6 +83,9 @@ impl ClientConfig {
         }
         for addr in &self.addrs {
             check_addr(addr)?;
+            if self.tls.is_some() {
+                crate::tls::server_name(addr)?;
+            }
         }
         for (name, value) in [
             ("request_timeout", self.request_timeout),

@@ -1,8 +1,8 @@
 //! One open connection to one node: the hello, then requests answered by replies.
 //!
-//! [`Connection`] is generic over the byte stream so that TLS can wrap the TCP socket later
-//! without touching the framing. It knows nothing about retries; it reports what happened as
-//! a [`ConnError`] and the client decides what to do next.
+//! [`Connection`] is generic over the byte stream, plain TCP or TLS ([`Stream`]), so the
+//! framing is the same either way. It knows nothing about retries; it reports what happened
+//! as a [`ConnError`] and the client decides what to do next.
 
 use std::io;
 
@@ -13,8 +13,12 @@ use strstore_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tracing::debug;
+
+use crate::stream::Stream;
+use crate::tls::{looks_like_tls, server_name, tls_error, TlsFailure};
 
 /// Why a connection stopped being useful.
 #[derive(Debug)]
@@ -28,6 +32,8 @@ pub(crate) enum ConnError {
     Protocol(String),
     /// Our request does not fit in a frame; nothing was written.
     RequestTooLarge { len: usize, max: usize },
+    /// TLS failed, or only one side speaks it: a settings mismatch, not a passing fault.
+    Tls(TlsFailure),
 }
 
 /// A connection that has completed the hello.
@@ -45,6 +51,18 @@ pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream, ConnError> {
     Ok(stream)
 }
 
+/// Opens a TCP connection to `addr` and, with `tls`, does the TLS handshake, verifying the
+/// node's certificate for the host in `addr`.
+pub(crate) async fn open(addr: &str, tls: Option<&TlsConnector>) -> Result<Stream, ConnError> {
+    let stream = connect_tcp(addr).await?;
+    let Some(connector) = tls else { return Ok(Stream::Plain(stream)) };
+    let name = server_name(addr).map_err(|e| ConnError::Io(e.to_string()))?;
+    match connector.connect(name, stream).await {
+        Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+        Err(e) => Err(io_error(&e)),
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Sends our hello on `stream` and waits for the node's welcome. Frames in either
     /// direction are limited to `max_frame_bytes`.
@@ -52,7 +70,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut framed = Framed::new(stream, Codec::new(max_frame_bytes));
         let hello = ClientFrame::Hello(ClientHello { version: PROTOCOL_VERSION });
         framed.send(hello).await.map_err(send_error)?;
-        match read_frame(&mut framed).await? {
+        let welcome = match read_frame(&mut framed).await {
+            // A TLS alert or handshake where a frame should be: the port speaks TLS.
+            Err(_) if looks_like_tls(framed.read_buffer()) => {
+                return Err(ConnError::Tls(TlsFailure::NodeSpeaksTls))
+            }
+            other => other?,
+        };
+        match welcome {
             ServerFrame::Welcome { version, node } if version == PROTOCOL_VERSION => {
                 debug!(node, "connected");
                 Ok(Self { framed, node })
@@ -134,7 +159,7 @@ async fn read_frame<S: AsyncRead + AsyncWrite + Unpin>(
 fn send_error(error: CodecError) -> ConnError {
     match error {
         CodecError::FrameTooLarge { len, max } => ConnError::RequestTooLarge { len, max },
-        CodecError::Io(e) => ConnError::Io(describe_io(&e)),
+        CodecError::Io(e) => io_error(&e),
         other => ConnError::Io(other.to_string()),
     }
 }
@@ -148,7 +173,15 @@ fn receive_error(error: CodecError) -> ConnError {
             ConnError::Protocol(format!("malformed frame from node: {why}"))
         }
         CodecError::Truncated { .. } => ConnError::Io(error.to_string()),
-        CodecError::Io(e) => ConnError::Io(describe_io(&e)),
+        CodecError::Io(e) => io_error(&e),
+    }
+}
+
+/// A socket error, or a TLS error (an alert from the node, a certificate we refuse).
+fn io_error(error: &io::Error) -> ConnError {
+    match tls_error(error) {
+        Some(tls) => ConnError::Tls(TlsFailure::Tls(tls.clone())),
+        None => ConnError::Io(describe_io(error)),
     }
 }
 

@@ -54,6 +54,11 @@ pub enum ClientError {
     /// The client configuration cannot work; nothing was sent.
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// TLS settings of the client and a node do not match (one side speaks TLS and the other
+    /// not, a certificate is missing or refused); nothing was sent. The message says what to
+    /// change. Not retried: a mismatch does not go away by waiting.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -68,7 +73,8 @@ impl ClientError {
             ClientError::NoNodeReachable { request_sent, .. } => *request_sent,
             ClientError::Server(_)
             | ClientError::RequestTooLarge { .. }
-            | ClientError::Config(_) => false,
+            | ClientError::Config(_)
+            | ClientError::Tls(_) => false,
         }
     }
 

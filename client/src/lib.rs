@@ -19,7 +19,9 @@
 //! - [`client`]: [`Client`], which numbers requests and retries each one (same client id and
 //!   sequence number) across nodes until it is answered or its deadline passes.
 //! - `connection`: one framed connection to one node (hello, request, reply), generic over
-//!   the byte stream.
+//!   the byte stream (`stream`: plain TCP or TLS).
+//! - [`tls`]: TLS settings ([`TlsFiles`], the shared `--tls-*` flags) and TLS failures
+//!   explained in terms of what to change.
 //! - `retry`: round-robin over the nodes and jittered exponential backoff.
 //! - [`error`]: [`ClientError`], which tells "rejected" from "outcome unknown".
 //!
@@ -31,8 +33,11 @@ pub mod config;
 mod connection;
 pub mod error;
 mod retry;
+mod stream;
+pub mod tls;
 
 pub use client::Client;
 pub use config::{parse_addrs, ClientConfig, ADDR_ENV, DEFAULT_ADDR};
 pub use error::ClientError;
 pub use strstore_protocol::{self as protocol, ClientId, Op, ReqSeq, Response};
+pub use tls::{TlsArgs, TlsFiles};

@@ -19,7 +19,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
-use strstore_client::{parse_addrs, Client, ClientConfig, ClientError, Op, ADDR_ENV, DEFAULT_ADDR};
+use strstore_client::{
+    parse_addrs, Client, ClientConfig, ClientError, Op, TlsArgs, ADDR_ENV, DEFAULT_ADDR,
+};
 use tokio::time::Instant;
 
 /// Most sessions one run opens: each holds a connection, and nodes limit those too.
@@ -90,6 +92,9 @@ struct Args {
     /// Print one JSON object with the results on stdout, and nothing else.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -312,14 +317,16 @@ async fn bench(args: Arc<Args>) -> anyhow::Result<()> {
 /// Starts the clients, waits for them and merges what they measured.
 async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
     let addrs = &args.addr.0;
+    let tls = args.tls.files()?;
     let clients: Vec<Client> = (0..args.clients as usize)
         .map(|i| {
             // Client i starts at node i mod N; the rest of the list is its fallback order.
             let mut addrs = addrs.clone();
             let first = i % addrs.len();
             addrs.rotate_left(first);
+            let tls = tls.clone();
             let config =
-                ClientConfig { addrs, request_timeout: args.timeout, ..Default::default() };
+                ClientConfig { addrs, request_timeout: args.timeout, tls, ..Default::default() };
             Client::new(config)
         })
         .collect::<Result<_, _>>()?;

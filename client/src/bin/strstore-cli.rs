@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use strstore_client::{parse_addrs, Client, ClientConfig, ClientError, ADDR_ENV, DEFAULT_ADDR};
+use strstore_client::{
+    parse_addrs, Client, ClientConfig, ClientError, TlsArgs, ADDR_ENV, DEFAULT_ADDR,
+};
 
 /// Exit code for a request the cluster (or this client) refused; nothing was applied.
 const EXIT_REJECTED: u8 = 1;
@@ -30,9 +32,15 @@ const EXIT_UNAVAILABLE: u8 = 3;
 VALUE is taken as raw bytes; `-` reads the value from standard input instead (all of it, \
 unchanged). A value that starts with `-` goes after `--`, as in `strstore-cli append -- -x`.
 
+TLS: with --tls-ca the client speaks TLS and checks each node's certificate against that CA \
+for the host it dials; nodes started with --client-auth required also need --tls-cert and \
+--tls-key. The flags can be set once with STRSTORE_TLS_CA, STRSTORE_TLS_CERT and \
+STRSTORE_TLS_KEY.
+
 Exit status: 0 on success; 1 if the request was rejected (for example a value over the \
-node's size limit), so nothing was applied; 2 for a usage error; 3 if no node could be \
-reached or none answered in time, in which case a write may or may not have been applied."
+node's size limit), so nothing was applied; 2 for a usage error or a TLS mismatch with the \
+node; 3 if no node could be reached or none answered in time, in which case a write may or \
+may not have been applied."
 )]
 struct Cli {
     /// Nodes to send the request to, comma-separated. Any node can serve any request; if one
@@ -57,6 +65,9 @@ struct Cli {
         value_parser = parse_secs
     )]
     timeout: Duration,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -130,8 +141,12 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config =
-        ClientConfig { addrs: cli.addr.0, request_timeout: cli.timeout, ..Default::default() };
+    let config = ClientConfig {
+        addrs: cli.addr.0,
+        request_timeout: cli.timeout,
+        tls: cli.tls.files()?,
+        ..Default::default()
+    };
     let max_value_bytes = config.max_reply_bytes;
     let mut client = Client::new(config)?;
     let output = match cli.command {
@@ -249,7 +264,7 @@ fn report(error: &anyhow::Error) -> ExitCode {
     }
     ExitCode::from(match client_error {
         Some(e) if e.is_unavailable() => EXIT_UNAVAILABLE,
-        Some(ClientError::Config(_)) => EXIT_USAGE,
+        Some(ClientError::Config(_) | ClientError::Tls(_)) => EXIT_USAGE,
         _ => EXIT_REJECTED,
     })
 }
@@ -273,7 +288,7 @@ fn hint(error: &ClientError) -> Option<&'static str> {
             "the node may run another strstore version than this client; the request may or may \
              not have been applied"
         }
-        ClientError::Server(_) | ClientError::Config(_) => return None,
+        ClientError::Server(_) | ClientError::Config(_) | ClientError::Tls(_) => return None,
     })
 }
 
