@@ -4,15 +4,20 @@
 #   deploy/local-cluster.sh start [N]   build release binaries, start N nodes (default 3)
 #   deploy/local-cluster.sh stop        stop them (SIGTERM: they flush and exit)
 #   deploy/local-cluster.sh status      which nodes run, where, and what they logged last
+#   deploy/local-cluster.sh renew       new certificates from the same CA, then SIGHUP the nodes
 #   deploy/local-cluster.sh wipe        stop and delete all data
 #
 # Node i listens for clients on 127.0.0.1:(7378+i) and for peers on 127.0.0.1:(7478+i); data
 # and logs live in .cluster/ at the top of the checkout (override with STRSTORE_CLUSTER_DIR).
+# Peers talk over mutual TLS with certificates made once by `strstore-server certs` in
+# .cluster/tls/. STRSTORE_CLIENT_TLS=true (and STRSTORE_CLIENT_AUTH=required) puts clients on
+# TLS too.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 dir=${STRSTORE_CLUSTER_DIR:-$top/.cluster}
 bin=$top/target/release
+tls=$dir/tls
 
 client_port() { echo $((7378 + $1)); }
 peer_port() { echo $((7478 + $1)); }
@@ -25,6 +30,21 @@ wait_port() {
   done
 }
 
+# Creates the CA and the certificates of nodes 1..N that do not have one yet (the CA in
+# $tls is reused, so running nodes keep trusting each other).
+ensure_certs() {
+  local n=$1 missing=""
+  for i in $(seq 1 "$n"); do
+    [[ -f $tls/node-$i.pem ]] || missing+="${missing:+,}$i"
+  done
+  if [[ -n $missing ]]; then
+    "$bin/strstore-server" certs --dir "$tls" --nodes "$missing" --hosts localhost,127.0.0.1 >/dev/null
+    echo "TLS certificates for node(s) $missing written to $tls"
+  fi
+}
+
+client_tls_on() { [[ ${STRSTORE_CLIENT_TLS:-false} =~ ^(1|true|yes|on)$ ]]; }
+
 running_pid() {
   local pidfile=$dir/n$1.pid
   [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
@@ -35,6 +55,7 @@ start() {
   echo "building release binaries (first build takes a few minutes)..."
   (cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client --bins)
   mkdir -p "$dir"
+  ensure_certs "$n"
   local peers="" addrs=""
   for i in $(seq 1 "$n"); do
     peers+="${peers:+,}$i=127.0.0.1:$(peer_port "$i")"
@@ -48,7 +69,7 @@ start() {
     fi
     nohup "$bin/strstore-server" --id "$i" \
       --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
-      --peers "$peers" --data-dir "$dir/n$i" >>"$dir/n$i.log" 2>&1 &
+      --peers "$peers" --data-dir "$dir/n$i" --tls-dir "$tls" >>"$dir/n$i.log" 2>&1 &
     echo $! > "$dir/n$i.pid"
   done
   for i in $(seq 1 "$n"); do
@@ -58,12 +79,16 @@ start() {
       exit 1
     fi
   done
+  local tls_env=""
+  if client_tls_on; then
+    tls_env=" STRSTORE_TLS_CA=$tls/ca.pem STRSTORE_TLS_CERT=$tls/client.pem STRSTORE_TLS_KEY=$tls/client-key.pem"
+  fi
   cat <<MSG
-strstore: $n nodes up on loopback (data and logs in $dir)
+strstore: $n nodes up on loopback (data and logs in $dir; peers use mutual TLS)
 $(for i in $(seq 1 "$n"); do echo "  n$i  clients 127.0.0.1:$(client_port "$i")  peers 127.0.0.1:$(peer_port "$i")"; done)
 
 Try it:
-  export PATH=$bin:\$PATH STRSTORE_ADDR=$addrs
+  export PATH=$bin:\$PATH STRSTORE_ADDR=$addrs$tls_env
   strstore-cli append hello
   strstore-cli get
 Stop it:  deploy/local-cluster.sh stop
@@ -96,10 +121,23 @@ status() {
   done
 }
 
+# Renews every node's certificate and the client certificate from the same CA, then tells
+# the running nodes to load them (new connections use them; nothing restarts).
+renew() {
+  local n; n=$(cat "$dir/size" 2>/dev/null || echo 0)
+  ((n > 0)) || { echo "no cluster in $dir; run start first" >&2; exit 1; }
+  "$bin/strstore-server" certs --dir "$tls" --nodes "$(seq -s, 1 "$n")" --hosts localhost,127.0.0.1 >/dev/null
+  for i in $(seq 1 "$n"); do
+    if pid=$(running_pid "$i"); then kill -HUP "$pid"; fi
+  done
+  echo "renewed the certificates in $tls and sent SIGHUP to the running nodes"
+}
+
 case ${1:-} in
   start) start "${2:-3}" ;;
   stop) stop ;;
   status) status ;;
+  renew) renew ;;
   wipe) stop; rm -rf "$dir"; echo "wiped $dir" ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
