@@ -74,9 +74,10 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
 
-    /// Directory with the cluster's TLS material, as `strstore-server certs` writes it: this
-    /// node loads ca.pem, node-<ID>.pem and node-<ID>-key.pem. Required when --peers lists
-    /// more than one node, because peers talk only over mutual TLS. Re-read on SIGHUP.
+    /// Directory with the cluster's TLS material, as `strstore-server certs` writes it:
+    /// this node loads `ca.pem`, `node-<ID>.pem` and `node-<ID>-key.pem`. Required when
+    /// --peers lists more than one node, because peers talk only over mutual TLS. Re-read on
+    /// SIGHUP.
     #[arg(long, value_name = "DIR", env = "STRSTORE_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
 

@@ -59,7 +59,7 @@ pub struct Bound {
 }
 
 /// Runs a node until `shutdown` resolves, then flushes the log and returns. While it runs,
-/// SIGHUP reloads the TLS material (see [`watch_sighup`]).
+/// SIGHUP reloads the TLS material (`watch_sighup`).
 pub async fn run(
     cfg: NodeConfig,
     shutdown: impl Future<Output = ()>,

@@ -41,7 +41,7 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// From a little before now (see [`CLOCK_SKEW_ALLOWANCE`]) to `days` from now.
+    /// From a little before now (an hour, for clock skew) to `days` from now.
     pub fn days_from_now(days: i64) -> Self {
         let now = OffsetDateTime::now_utc();
         Self { not_before: now - CLOCK_SKEW_ALLOWANCE, not_after: now + Duration::days(days) }

@@ -6,7 +6,7 @@
 //! refused connections. Running it again with the same `--dir` reuses the CA, so it also adds
 //! nodes and renews certificates (see README, "Security").
 //!
-//! Layout: [`issue`] decides what the certificates say; [`write`] puts them on disk.
+//! Layout: [`issue`] decides what the certificates say; [`mod@write`] puts them on disk.
 
 pub mod issue;
 pub mod write;

@@ -12,7 +12,7 @@
 //! the replication protocol re-sends what matters (actions until acked, acks while uncommitted,
 //! executes on a duplicate ack).
 //!
-//! Layout: [`link`] dials and sends; [`accept`] authenticates and receives.
+//! Layout: `link` dials and sends; `accept` authenticates and receives.
 
 mod accept;
 mod link;
