@@ -275,6 +275,17 @@ impl TestCluster {
         TestNode { id, client_addr, peer_addr, data_dir, log_file, args, child: None }
     }
 
+    /// Flags that give node `id` the cluster's TLS material: `--tls-dir DIR`, after creating
+    /// a certificate for `id` in it (from the cluster's CA) if it has none. For nodes added
+    /// after the start, such as joiners. Empty for a cluster without TLS.
+    pub fn node_tls_args(&self, id: u64) -> Vec<String> {
+        let Some(dir) = &self.tls_dir else { return Vec::new() };
+        if !dir.join(format!("node-{id}.pem")).exists() {
+            make_certs(dir, &[id], &[]);
+        }
+        vec!["--tls-dir".to_string(), dir.display().to_string()]
+    }
+
     /// The cluster's TLS directory (as written by `strstore-server certs`).
     pub fn tls_dir(&self) -> &Path {
         self.tls_dir.as_deref().expect("this cluster has no TLS material")
@@ -299,7 +310,7 @@ impl TestCluster {
             self.nodes.iter().map(|n| format!("{}={}", n.id, n.peer_addr)).collect();
         peers.push(format!("{id}={peer_addr}"));
         let data_dir = self.dir.path().join(format!("n{id}"));
-        let args = vec![
+        let mut args = vec![
             "--id".to_string(),
             id.to_string(),
             "--listen".into(),
@@ -312,6 +323,8 @@ impl TestCluster {
             peers.join(","),
             "--join".into(),
         ];
+        // A joiner needs a certificate for its id from the cluster CA, like any peer.
+        args.extend(self.node_tls_args(id));
         let log_file = self.dir.path().join(format!("n{id}.log"));
         let mut node =
             TestNode { id, client_addr, peer_addr, data_dir, log_file, args, child: None };
