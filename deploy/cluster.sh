@@ -2,10 +2,12 @@
 # Runs a strstore cluster in docker containers (deploy/docker-compose.yml).
 #
 #   deploy/cluster.sh build          build release binaries and the image (no registry needed)
-#   deploy/cluster.sh up             start the nodes and wait until every one is healthy
+#   deploy/cluster.sh up             make TLS certificates if missing, start the nodes, and
+#                                    wait until every one is healthy
 #   deploy/cluster.sh wait           wait until every node is healthy
 #   deploy/cluster.sh down [-v]      stop and remove the containers (-v: and their data)
 #   deploy/cluster.sh ps | logs [ARGS...]   as docker-compose ps / logs
+#   deploy/cluster.sh renew          new certificates from the same CA, then SIGHUP the nodes
 #   deploy/cluster.sh cli ARGS...    the host's strstore-cli, --addr set to every node
 #   deploy/cluster.sh compose ARGS...       any other docker-compose command, same files
 #
@@ -16,6 +18,10 @@
 #   COMPOSE_PROJECT_NAME     compose project (prefix of containers, network, volumes);
 #                            default strstore
 #   CARGO_TARGET_DIR         where cargo builds; default target/ at the top of the checkout
+#   STRSTORE_TLS_HOST_DIR    the cluster's TLS material on the host, mounted read-only at /tls
+#                            in every node; default $CARGO_TARGET_DIR/docker-tls. Peers talk
+#                            only over mutual TLS; `up` creates the CA and the certificates
+#                            there with `strstore-server certs` the first time.
 #
 # The image has no base image: `build` copies the two release binaries, the shared libraries
 # `ldd` lists for them, and a few files under /etc into a directory and loads it with
@@ -29,6 +35,9 @@ bin=$target/release
 nodes=${STRSTORE_NODES:-3}
 export STRSTORE_IMAGE=${STRSTORE_IMAGE:-strstore:latest}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-strstore}
+STRSTORE_TLS_HOST_DIR=${STRSTORE_TLS_HOST_DIR:-$target/docker-tls}
+[[ $STRSTORE_TLS_HOST_DIR == /* ]] || STRSTORE_TLS_HOST_DIR=$PWD/$STRSTORE_TLS_HOST_DIR
+export STRSTORE_TLS_HOST_DIR # compose mounts it; bind mounts need an absolute path
 
 die() {
   echo "cluster.sh: $*" >&2
@@ -110,6 +119,36 @@ build() {
   docker image ls "$STRSTORE_IMAGE"
 }
 
+need_server() {
+  [[ -x $bin/strstore-server ]] \
+    || die "$bin/strstore-server not found; run 'deploy/cluster.sh build' first"
+}
+
+# Creates the CA and the certificates of the nodes that lack one (reusing the CA), so that
+# the directory can be mounted into the containers. Always for 5 nodes: the 5-node variant
+# then needs nothing more, and a certificate nobody uses costs nothing.
+ensure_certs() {
+  local missing="" i
+  need_server
+  for i in 1 2 3 4 5; do
+    [[ -f $STRSTORE_TLS_HOST_DIR/node-$i.pem ]] || missing+="${missing:+,}$i"
+  done
+  if [[ -n $missing ]]; then
+    "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" --nodes "$missing" \
+      --hosts localhost,127.0.0.1 >/dev/null
+    echo "TLS certificates for node(s) $missing written to $STRSTORE_TLS_HOST_DIR"
+  fi
+}
+
+# Re-issues every certificate from the same CA and tells the running nodes to reload them.
+renew() {
+  need_server
+  "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" --nodes 1,2,3,4,5 \
+    --hosts localhost,127.0.0.1 >/dev/null
+  compose kill -s SIGHUP
+  echo "renewed the certificates in $STRSTORE_TLS_HOST_DIR and sent SIGHUP to the nodes"
+}
+
 # Waits until every node's healthcheck passes (timeout in seconds, default 60).
 wait_healthy() {
   local deadline=$((SECONDS + ${1:-60})) ids states
@@ -144,11 +183,13 @@ case $cmd in
   up)
     docker image inspect "$STRSTORE_IMAGE" >/dev/null 2>&1 \
       || die "image $STRSTORE_IMAGE not found; run 'deploy/cluster.sh build' first"
+    ensure_certs
     compose up -d "$@"
     wait_healthy
     echo "client addresses: $(addrs)"
     ;;
   wait) wait_healthy "$@" ;;
+  renew) renew ;;
   down | ps | logs) compose "$cmd" "$@" ;;
   compose) compose "$@" ;;
   cli)

@@ -38,7 +38,8 @@ ensure_certs() {
     [[ -f $tls/node-$i.pem ]] || missing+="${missing:+,}$i"
   done
   if [[ -n $missing ]]; then
-    "$bin/strstore-server" certs --dir "$tls" --nodes "$missing" --hosts localhost,127.0.0.1 >/dev/null
+    "$bin/strstore-server" certs --dir "$tls" --nodes "$missing" --hosts localhost,127.0.0.1 \
+      >/dev/null
     echo "TLS certificates for node(s) $missing written to $tls"
   fi
 }
@@ -81,10 +82,11 @@ start() {
   done
   local tls_env=""
   if client_tls_on; then
-    tls_env=" STRSTORE_TLS_CA=$tls/ca.pem STRSTORE_TLS_CERT=$tls/client.pem STRSTORE_TLS_KEY=$tls/client-key.pem"
+    tls_env=" STRSTORE_TLS_CA=$tls/ca.pem"
+    tls_env+=" STRSTORE_TLS_CERT=$tls/client.pem STRSTORE_TLS_KEY=$tls/client-key.pem"
   fi
   cat <<MSG
-strstore: $n nodes up on loopback (data and logs in $dir; peers use mutual TLS)
+strstore: $n nodes up on loopback, peers over mutual TLS (data and logs in $dir)
 $(for i in $(seq 1 "$n"); do echo "  n$i  clients 127.0.0.1:$(client_port "$i")  peers 127.0.0.1:$(peer_port "$i")"; done)
 
 Try it:
@@ -126,7 +128,8 @@ status() {
 renew() {
   local n; n=$(cat "$dir/size" 2>/dev/null || echo 0)
   ((n > 0)) || { echo "no cluster in $dir; run start first" >&2; exit 1; }
-  "$bin/strstore-server" certs --dir "$tls" --nodes "$(seq -s, 1 "$n")" --hosts localhost,127.0.0.1 >/dev/null
+  "$bin/strstore-server" certs --dir "$tls" --nodes "$(seq -s, 1 "$n")" \
+    --hosts localhost,127.0.0.1 >/dev/null
   for i in $(seq 1 "$n"); do
     if pid=$(running_pid "$i"); then kill -HUP "$pid"; fi
   done
