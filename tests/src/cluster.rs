@@ -374,12 +374,13 @@ impl TestCluster {
 
 /// Runs `strstore-cli --addr addr args...` and returns its output.
 pub fn cli(addr: &str, args: &[&str]) -> Output {
-    Command::new(bin("strstore-cli"))
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .output()
-        .expect("running strstore-cli")
+    let mut cmd = Command::new(bin("strstore-cli"));
+    cmd.arg("--addr").arg(addr);
+    // Generous by default: a loaded CI machine must not turn a slow answer into a failure.
+    if !args.contains(&"--timeout") {
+        cmd.args(["--timeout", "60"]);
+    }
+    cmd.args(args).output().expect("running strstore-cli")
 }
 
 /// Stdout of a successful CLI run; panics with stderr otherwise.
