@@ -28,6 +28,7 @@
 //! The binaries `strstore-cli` (one command per run) and `strstore-bench` (closed-loop load
 //! generator) are built on this crate.
 
+pub mod args;
 pub mod client;
 pub mod config;
 mod connection;

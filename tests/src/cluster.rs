@@ -213,16 +213,7 @@ impl TestCluster {
             let id = i as u64 + 1;
             let client_addr = free_addr();
             let data_dir = dir.path().join(format!("n{id}"));
-            let mut args = vec![
-                "--id".to_string(),
-                id.to_string(),
-                "--listen".into(),
-                client_addr.to_string(),
-                "--peer-listen".into(),
-                peer_addr.to_string(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-            ];
+            let mut args = node_args(id, client_addr, *peer_addr, &data_dir);
             if n > 1 {
                 args.extend(["--peers".to_string(), peers.clone()]);
             }
@@ -310,19 +301,8 @@ impl TestCluster {
             self.nodes.iter().map(|n| format!("{}={}", n.id, n.peer_addr)).collect();
         peers.push(format!("{id}={peer_addr}"));
         let data_dir = self.dir.path().join(format!("n{id}"));
-        let mut args = vec![
-            "--id".to_string(),
-            id.to_string(),
-            "--listen".into(),
-            client_addr.to_string(),
-            "--peer-listen".into(),
-            peer_addr.to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--peers".into(),
-            peers.join(","),
-            "--join".into(),
-        ];
+        let mut args = node_args(id, client_addr, peer_addr, &data_dir);
+        args.extend(["--peers".into(), peers.join(","), "--join".into()]);
         // A joiner needs a certificate for its id from the cluster CA, like any peer.
         args.extend(self.node_tls_args(id));
         let log_file = self.dir.path().join(format!("n{id}.log"));
@@ -370,6 +350,20 @@ impl TestCluster {
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("---- n{} ----\n{}", n.id, n.log())).collect()
     }
+}
+
+/// The flags every test node gets: its id, addresses and data directory.
+fn node_args(id: u64, client: SocketAddr, peer: SocketAddr, data_dir: &Path) -> Vec<String> {
+    vec![
+        "--id".to_string(),
+        id.to_string(),
+        "--listen".into(),
+        client.to_string(),
+        "--peer-listen".into(),
+        peer.to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ]
 }
 
 /// Runs `strstore-cli --addr addr args...` and returns its output.

@@ -19,9 +19,8 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
-use strstore_client::{
-    parse_addrs, Client, ClientConfig, ClientError, Op, TlsArgs, ADDR_ENV, DEFAULT_ADDR,
-};
+use strstore_client::args::{parse_addr_list, parse_secs, parse_secs_or_zero, Addrs};
+use strstore_client::{Client, ClientConfig, Op, TlsArgs, ADDR_ENV, DEFAULT_ADDR};
 use tokio::time::Instant;
 
 /// Most sessions one run opens: each holds a connection, and nodes limit those too.
@@ -126,31 +125,6 @@ impl Workload {
 fn payload(client: usize, n: u64, len: usize) -> Bytes {
     let tag = format!("c{client}.{n};");
     tag.bytes().cycle().take(len).collect::<Vec<u8>>().into()
-}
-
-#[derive(Clone, Debug)]
-struct Addrs(Vec<String>);
-
-fn parse_addr_list(list: &str) -> Result<Addrs, String> {
-    parse_addrs(list).map(Addrs).map_err(|e| match e {
-        ClientError::Config(message) => message,
-        other => other.to_string(),
-    })
-}
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    match parse_secs_or_zero(text)? {
-        Duration::ZERO => Err("must be more than zero seconds".into()),
-        secs => Ok(secs),
-    }
-}
-
-fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("must be a non-negative number of seconds, not {text}"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 fn parse_value_bytes(text: &str) -> Result<usize, String> {

@@ -12,9 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use strstore_client::{
-    parse_addrs, Client, ClientConfig, ClientError, TlsArgs, ADDR_ENV, DEFAULT_ADDR,
-};
+use strstore_client::args::{parse_addr_list, parse_secs, Addrs};
+use strstore_client::{Client, ClientConfig, ClientError, TlsArgs, ADDR_ENV, DEFAULT_ADDR};
 
 /// Exit code for a request the cluster (or this client) refused; nothing was applied.
 const EXIT_REJECTED: u8 = 1;
@@ -95,25 +94,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// The parsed `--addr` list (a newtype so clap keeps it as one value).
-#[derive(Clone, Debug)]
-struct Addrs(Vec<String>);
-
-fn parse_addr_list(list: &str) -> Result<Addrs, String> {
-    parse_addrs(list).map(Addrs).map_err(|e| match e {
-        ClientError::Config(message) => message,
-        other => other.to_string(),
-    })
-}
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("must be a positive number of seconds, not {text}"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
