@@ -196,8 +196,9 @@ pub enum PeerMsg {
     Execute { id: Timestamp, deps: Deps },
     /// Reply to a message of another epoch: the sender learns the receiver's epoch.
     StaleEpoch { current: Epoch },
-    /// Member -> master, every heartbeat interval: I am alive, and this is my health.
-    Heartbeat { health: Health },
+    /// Member -> master, every heartbeat interval: I am alive, this is my health, and these
+    /// are my addresses (so the master can tell clients where every member listens).
+    Heartbeat { health: Health, member: Member },
     /// Master -> member, answering each heartbeat: the current view and the master's table
     /// of every member, so any node can answer `status` and notice a newer view.
     HeartbeatAck { view: View, members: Vec<MemberStatus> },

@@ -63,8 +63,13 @@ fn killed_member_is_removed_then_rejoins() {
     c.node(3).start();
     c.cli_ok(3, &["append", "<c>"]);
     assert_eq!(converged_get(&c, &[1, 2, 3]), "<a><b><c>\n");
-    let status = status_json(&c, 3);
-    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
+    let status = status_json(&c, 1);
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{status}");
+    // Every member's client address is known, learned from heartbeats.
+    for (m, node) in members.iter().zip(&c.nodes) {
+        assert_eq!(m["member"]["client_addr"], node.client_addr.to_string(), "{status}");
+    }
 }
 
 #[test]

@@ -25,7 +25,8 @@ impl Replica {
             health.applied = self.applied_actions;
             health.clock = self.clock;
             health.epoch = self.view.epoch;
-            let env = self.envelope(self.view.master, PeerMsg::Heartbeat { health });
+            let member = self.cfg.me.clone();
+            let env = self.envelope(self.view.master, PeerMsg::Heartbeat { health, member });
             self.ready.messages.push(env);
         }
     }
@@ -35,7 +36,16 @@ impl Replica {
         self.election_after = f + self.rng.gen_range(0..f);
     }
 
-    pub(super) fn on_heartbeat(&mut self, from: NodeId, epoch: Epoch, health: Health) {
+    pub(super) fn on_heartbeat(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        health: Health,
+        member: Member,
+    ) {
+        if member.id == from {
+            self.announced.insert(from, member);
+        }
         if !self.is_master() {
             if epoch < self.view.epoch {
                 let env = self.envelope(from, PeerMsg::StaleEpoch { current: self.view.epoch });
@@ -155,6 +165,14 @@ impl Replica {
             .members
             .iter()
             .map(|m| {
+                let announced =
+                    if m.id == self.id() { Some(&self.cfg.me) } else { self.announced.get(&m.id) };
+                let member = Member {
+                    id: m.id,
+                    peer_addr: m.peer_addr.clone(),
+                    client_addr: announced
+                        .map_or_else(|| m.client_addr.clone(), |a| a.client_addr.clone()),
+                };
                 let silent = if m.id == self.id() {
                     0
                 } else {
@@ -178,12 +196,7 @@ impl Replica {
                 } else {
                     self.member_health.get(&m.id).cloned().unwrap_or_default()
                 };
-                MemberStatus {
-                    member: m.clone(),
-                    state,
-                    last_heard_ms: silent * self.cfg.tick_ms,
-                    health,
-                }
+                MemberStatus { member, state, last_heard_ms: silent * self.cfg.tick_ms, health }
             })
             .collect();
         for (m, since) in self.departed.values() {

@@ -252,6 +252,9 @@ pub struct Replica {
     pub(super) member_health: BTreeMap<NodeId, Health>,
     /// Master: nodes that asked to join.
     pub(super) joiners: BTreeMap<NodeId, Member>,
+    /// Master: addresses members announced in their heartbeats (the view may not know a
+    /// member's client address).
+    pub(super) announced: BTreeMap<NodeId, Member>,
     /// Nodes a view change removed, and when: `status` lists them as failed until they rejoin.
     pub(super) departed: BTreeMap<NodeId, (Member, Ticks)>,
     /// Member: when the master last answered, and the table it sent.
@@ -316,6 +319,7 @@ impl Replica {
             member_health: BTreeMap::new(),
             joiners: BTreeMap::new(),
             departed: BTreeMap::new(),
+            announced: BTreeMap::new(),
             master_heard: 0,
             master_table: Vec::new(),
             next_heartbeat: 0,
@@ -512,12 +516,23 @@ impl Replica {
         } else {
             return None;
         };
+        // Client addresses from the view, or from the master's table when the view lacks them.
         let try_nodes = self
             .view
             .members
             .iter()
-            .filter(|m| m.id != self.id() && !m.client_addr.is_empty())
-            .map(|m| m.client_addr.clone())
+            .filter(|m| m.id != self.id())
+            .filter_map(|m| {
+                let from_table = || {
+                    self.master_table
+                        .iter()
+                        .find(|s| s.member.id == m.id)
+                        .map(|s| &s.member.client_addr)
+                };
+                Some(m.client_addr.clone())
+                    .filter(|a| !a.is_empty())
+                    .or_else(|| from_table().filter(|a| !a.is_empty()).cloned())
+            })
             .collect();
         Some(Error::Unavailable { reason, try_nodes })
     }
@@ -573,7 +588,9 @@ impl Replica {
             | PeerMsg::Ack { .. }
             | PeerMsg::Execute { .. } => self.step_replication(env),
             PeerMsg::StaleEpoch { current } => self.on_stale_epoch(env.from, current),
-            PeerMsg::Heartbeat { health } => self.on_heartbeat(env.from, env.epoch, health),
+            PeerMsg::Heartbeat { health, member } => {
+                self.on_heartbeat(env.from, env.epoch, health, member)
+            }
             PeerMsg::HeartbeatAck { view, members } => {
                 self.on_heartbeat_ack(env.from, view, members)
             }

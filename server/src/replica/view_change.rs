@@ -506,6 +506,7 @@ impl Replica {
         self.view = view;
         self.view_started = self.now;
         self.last_heard.clear();
+        self.master_table.clear(); // the old master's table describes the old view
         self.master_heard = self.now;
         let view = &self.view;
         self.joiners.retain(|id, _| !view.contains(*id));
