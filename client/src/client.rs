@@ -12,7 +12,10 @@
 //! 3. Stop at the first non-retryable server error, or when `request_timeout` has passed.
 
 use bytes::Bytes;
-use strstore_protocol::{ClientId, ClusterReport, Error, NodeId, Op, ReqSeq, Request, Response};
+use strstore_protocol::{
+    ClientFrame, ClientId, ClusterReport, Error, NodeId, Op, ReplicaReport, ReqSeq, Request,
+    Response, ServerFrame,
+};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 use tracing::debug;
@@ -156,20 +159,55 @@ impl Client {
     /// The cluster as the master sees it, from the first node that answers (any node can:
     /// members relay the master's table).
     pub async fn status(&mut self) -> Result<ClusterReport, ClientError> {
+        self.ask(ClientFrame::Status, |answer| match answer {
+            ServerFrame::Status(report) => Some(report),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The replica state of the first node that answers: its view, what it applied and its
+    /// string, as that node holds them now (not a linearizable read). Give the client one
+    /// address to inspect one particular node.
+    pub async fn inspect(&mut self) -> Result<ReplicaReport, ClientError> {
+        self.ask(ClientFrame::Inspect, |answer| match answer {
+            ServerFrame::Inspection(report) => Some(report),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends `question` to one node after another until one answers with a frame `extract`
+    /// accepts, or the request deadline passes. Questions change nothing, so asking again
+    /// is always safe.
+    async fn ask<T>(
+        &mut self,
+        question: ClientFrame,
+        extract: fn(ServerFrame) -> Option<T>,
+    ) -> Result<T, ClientError> {
         let deadline = Instant::now() + self.config.request_timeout;
         let mut last_error = String::from("no attempt made");
         while Instant::now() < deadline {
             for _ in 0..self.rotation.len() {
                 let attempt_deadline = (Instant::now() + self.config.attempt_timeout).min(deadline);
                 let outcome = match self.connect(attempt_deadline).await {
-                    Ok(mut conn) => match timeout_at(attempt_deadline, conn.status()).await {
-                        Ok(Ok(report)) => return Ok(report),
-                        Ok(Err(e)) => match classify(e, false, self.current_addr()) {
-                            AttemptError::Fatal(error) => return Err(error),
-                            other => self.with_addr(other.message()),
-                        },
-                        Err(_) => self.with_addr("no status answer in time".into()),
-                    },
+                    Ok(mut conn) => {
+                        match timeout_at(attempt_deadline, conn.ask(question.clone())).await {
+                            Ok(Ok(answer)) => match extract(answer) {
+                                Some(value) => return Ok(value),
+                                None => {
+                                    return Err(ClientError::Protocol(
+                                        "the node answered another question".into(),
+                                    ))
+                                }
+                            },
+                            Ok(Err(e)) => match classify(e, false, self.current_addr()) {
+                                AttemptError::Fatal(error) => return Err(error),
+                                other => self.with_addr(other.message()),
+                            },
+                            Err(_) => self.with_addr("no answer in time".into()),
+                        }
+                    }
                     // A TLS mismatch will not go away by asking again.
                     Err(AttemptError::Fatal(error)) => return Err(error),
                     Err(e) => self.with_addr(e.message()),

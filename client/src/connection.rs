@@ -8,8 +8,8 @@ use std::io;
 
 use futures::{SinkExt, StreamExt};
 use strstore_protocol::{
-    ClientFrame, ClientHello, ClusterReport, Codec, CodecError, Error, NodeId, Request, Response,
-    ServerFrame, PROTOCOL_VERSION,
+    ClientFrame, ClientHello, Codec, CodecError, Error, NodeId, Request, Response, ServerFrame,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -93,20 +93,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 "reply to request {} before the welcome",
                 reply.seq
             ))),
-            ServerFrame::Status(_) => Err(ConnError::Protocol("status before the welcome".into())),
+            ServerFrame::Status(_) | ServerFrame::Inspection(_) => {
+                Err(ConnError::Protocol("an answer before the welcome".into()))
+            }
         }
     }
 
-    /// Asks the node for the cluster status.
-    pub(crate) async fn status(&mut self) -> Result<ClusterReport, ConnError> {
-        self.framed.send(ClientFrame::Status).await.map_err(send_error)?;
+    /// Sends a question that is not a request (`Status`, `Inspect`) and returns the answer,
+    /// the first frame that is neither a reply nor a goodbye.
+    pub(crate) async fn ask(&mut self, question: ClientFrame) -> Result<ServerFrame, ConnError> {
+        self.framed.send(question).await.map_err(send_error)?;
         loop {
             match read_frame(&mut self.framed).await? {
-                ServerFrame::Status(report) => return Ok(report),
                 ServerFrame::Goodbye(error) => return Err(ConnError::Rejected(error)),
                 ServerFrame::Reply(_) => {}
                 ServerFrame::Welcome { .. } => {
                     return Err(ConnError::Protocol("second welcome on one connection".into()));
+                }
+                answer @ (ServerFrame::Status(_) | ServerFrame::Inspection(_)) => {
+                    return Ok(answer)
                 }
             }
         }
@@ -131,8 +136,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 ServerFrame::Welcome { .. } => {
                     return Err(ConnError::Protocol("second welcome on one connection".into()));
                 }
-                ServerFrame::Status(_) => {
-                    debug!(node = self.node, "skipping a status answer");
+                ServerFrame::Status(_) | ServerFrame::Inspection(_) => {
+                    debug!(node = self.node, "skipping the answer to an earlier question");
                 }
             }
         }

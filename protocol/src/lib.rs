@@ -21,4 +21,6 @@ pub use message::*;
 /// Version of the wire protocol. Both sides send it in their hello; a connection whose peer
 /// speaks another version is refused with [`Error::VersionMismatch`], because postcard has no
 /// self-description and a silent mismatch would decode garbage.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// History: 2 added the applied digest to snapshots and the `Inspect` request.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -103,6 +103,10 @@ pub enum ClientFrame {
     Request(Request),
     /// Asks for the cluster's status; the node answers with a [`ServerFrame::Status`].
     Status,
+    /// Asks this node for its own replica state; it answers with a
+    /// [`ServerFrame::Inspection`]. Not a linearizable read: it shows what this one node has
+    /// applied, for operators and for the chaos test's final comparison.
+    Inspect,
 }
 
 /// Frames from node to client.
@@ -117,6 +121,68 @@ pub enum ServerFrame {
     Goodbye(Error),
     /// Answer to [`ClientFrame::Status`].
     Status(ClusterReport),
+    /// Answer to [`ClientFrame::Inspect`].
+    Inspection(ReplicaReport),
+}
+
+/// One node's own replica state, for `strstore-cli inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub node: NodeId,
+    /// The node's current view.
+    pub epoch: Epoch,
+    pub master: NodeId,
+    pub members: Vec<NodeId>,
+    /// Whether the node is a member of that view.
+    pub member: bool,
+    /// Whether a view change is under way at this node.
+    pub frozen: bool,
+    /// The last action applied.
+    pub applied: Timestamp,
+    /// Fingerprint of every action applied since the cluster began.
+    pub digest: AppliedDigest,
+    /// The string as this node holds it now.
+    pub value: Bytes,
+}
+
+/// A fingerprint of the whole sequence of actions a replica has applied: their number and a
+/// hash chained over each `(epoch, id)` in order. Two replicas that applied the same
+/// sequence hold equal digests; it travels in snapshots, so it survives log compaction, which
+/// a list of action ids would not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppliedDigest {
+    /// Actions applied.
+    pub actions: u64,
+    /// Chained hash of their `(epoch, id)`, in order.
+    pub hash: u64,
+}
+
+impl AppliedDigest {
+    /// Extends the digest with the next applied action. The mixing is fixed integer
+    /// arithmetic (no std hasher, whose output may change between Rust releases), so every
+    /// build of every node computes the same value.
+    pub fn advance(&mut self, epoch: Epoch, id: Timestamp) {
+        let mut h = self.hash;
+        for word in [epoch, id.time, id.node] {
+            h = mix64(h ^ word);
+        }
+        self.actions += 1;
+        self.hash = h;
+    }
+}
+
+impl std::fmt::Display for AppliedDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{:016x}", self.actions, self.hash)
+    }
+}
+
+/// The SplitMix64 finaliser: a bijection on `u64` that spreads every input bit.
+fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The cluster as the master sees it, for `strstore-cli status`.
@@ -217,7 +283,7 @@ pub enum PeerMsg {
     Accepted { ballot: Ballot },
     /// The decided view change, to every member of the old and the new view, with a snapshot
     /// of the state at the end of the old epoch for joiners.
-    Decided { proposal: ViewProposal, snapshot: Option<Snapshot> },
+    Decided { proposal: ViewProposal, snapshot: Option<Box<Snapshot>> },
     /// A node outside the current view (new, restarted, or left behind) -> any node, which
     /// forwards it to the master: add me.
     Join { member: Member },
@@ -347,6 +413,8 @@ pub struct Snapshot {
     pub sessions: Vec<SessionEntry>,
     /// Writes applied in total (the exactly-once expiry clock).
     pub writes_applied: u64,
+    /// Fingerprint of the actions applied up to `applied`.
+    pub digest: AppliedDigest,
 }
 
 /// One client's exactly-once entry in a snapshot.

@@ -178,9 +178,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         return Err(goodbye(&mut framed, err).await);
                     }
                 }
-                Some(Ok(ClientFrame::Status)) => {
+                Some(Ok(frame @ (ClientFrame::Status | ClientFrame::Inspect))) => {
                     outstanding += 1;
-                    if inbox.send(Input::Status { reply: reply_tx.clone() }).await.is_err() {
+                    let reply = reply_tx.clone();
+                    let input = if frame == ClientFrame::Status { Input::Status { reply } } else { Input::Inspect { reply } };
+                    if inbox.send(input).await.is_err() {
                         let err = Error::Unavailable { reason: "node shutting down".into(), try_nodes: vec![] };
                         return Err(goodbye(&mut framed, err).await);
                     }

@@ -34,6 +34,8 @@ pub enum Input {
     Request { req: Request, reply: mpsc::UnboundedSender<ServerFrame> },
     /// A client asks for the cluster status.
     Status { reply: mpsc::UnboundedSender<ServerFrame> },
+    /// `strstore-cli inspect`: this node's own replica state.
+    Inspect { reply: mpsc::UnboundedSender<ServerFrame> },
     /// A message from a peer, or an after-sync message to ourselves from the log writer.
     Peer(Envelope),
 }
@@ -237,6 +239,9 @@ impl Engine {
             Input::Peer(env) => self.replica.step(env),
             Input::Status { reply } => {
                 let _ = reply.send(ServerFrame::Status(self.replica.cluster_status()));
+            }
+            Input::Inspect { reply } => {
+                let _ = reply.send(ServerFrame::Inspection(self.replica.replica_report()));
             }
         }
     }

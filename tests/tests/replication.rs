@@ -83,6 +83,17 @@ fn killed_node_restarts_with_its_log_and_catches_up() {
     for id in 1..=3 {
         assert_eq!(c.cli_ok(id, &["get"]), format!("{expected}\n"), "n{id}\n{}", c.logs());
     }
+    // Each node's own view of what it applied: the same 21 writes, so the same digest.
+    let out = strstore_tests::cluster::cli(&c.addrs(), &["inspect", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("inspect json");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for node in &nodes {
+        assert_eq!(node["digest"], nodes[0]["digest"], "{nodes:#?}");
+        assert_eq!(node["value"].as_str(), Some(expected.as_str()), "{nodes:#?}");
+        assert_eq!(node["member"], true, "{nodes:#?}");
+    }
+    assert!(nodes[0]["digest"]["actions"].as_u64() >= Some(21), "{nodes:#?}");
     // n3's own log kept the first 20 writes: its restart replayed them before any peer spoke.
     let log = c.node(3).log();
     let restart = log.lines().filter(|l| l.contains("node starting")).nth(1).expect("second start");

@@ -94,6 +94,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask every node given with --addr for its own replica state: its view, the last action
+    /// it applied, the digest of every action it applied, and its string's length. Replicas
+    /// that applied the same actions show the same digest. Exits 3 if some node does not
+    /// answer.
+    Inspect {
+        /// Print JSON (one object per node, with the string itself) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -127,6 +136,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls: cli.tls.files()?,
         ..Default::default()
     };
+    if let Command::Inspect { json } = cli.command {
+        return inspect_all(config, json).await;
+    }
     let max_value_bytes = config.max_reply_bytes;
     let mut client = Client::new(config)?;
     let output = match cli.command {
@@ -148,8 +160,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format!("{}\n", serde_json::to_string_pretty(&report)?).into_bytes()
         }
         Command::Status { json: false } => status_table(&client.status().await?).into_bytes(),
+        Command::Inspect { .. } => unreachable!("handled above"),
     };
     write_stdout(&output)
+}
+
+/// Inspects each address on its own, so that one silent node does not hide the others.
+async fn inspect_all(config: ClientConfig, json: bool) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    let mut silent = Vec::new();
+    for addr in &config.addrs {
+        let one = ClientConfig { addrs: vec![addr.clone()], ..config.clone() };
+        match Client::new(one)?.inspect().await {
+            Ok(report) => reports.push((addr.clone(), report)),
+            Err(error) => silent.push(anyhow::Error::new(error).context(format!("inspect {addr}"))),
+        }
+    }
+    let output = if json {
+        let objects: Vec<_> = reports
+            .iter()
+            .map(|(addr, r)| {
+                serde_json::json!({
+                    "addr": addr, "node": r.node, "epoch": r.epoch, "master": r.master,
+                    "members": r.members, "member": r.member, "frozen": r.frozen,
+                    "applied": r.applied, "digest": r.digest,
+                    "len": r.value.len(), "value": String::from_utf8_lossy(&r.value),
+                })
+            })
+            .collect();
+        format!("{}\n", serde_json::to_string_pretty(&objects)?)
+    } else {
+        inspect_table(&reports)
+    };
+    write_stdout(output.as_bytes())?;
+    match silent.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// One line per node; a digest that differs between nodes at the same action count is a
+/// divergence worth reporting.
+fn inspect_table(reports: &[(String, strstore_client::protocol::ReplicaReport)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<22} {:<5} {:>6} {:<7} {:<8} {:<14} {:>10} {:<16} {:>10}\n",
+        "ADDR", "NODE", "EPOCH", "MASTER", "MEMBER", "APPLIED", "ACTIONS", "DIGEST", "LENGTH"
+    );
+    for (addr, r) in reports {
+        let member = match (r.member, r.frozen) {
+            (true, false) => "yes",
+            (true, true) => "frozen",
+            (false, _) => "no",
+        };
+        let _ = writeln!(
+            out,
+            "{:<22} {:<5} {:>6} {:<7} {:<8} {:<14} {:>10} {:016x} {:>10}",
+            addr,
+            format!("n{}", r.node),
+            r.epoch,
+            format!("n{}", r.master),
+            member,
+            r.applied.to_string(),
+            r.digest.actions,
+            r.digest.hash,
+            r.value.len(),
+        );
+    }
+    out
 }
 
 /// The status report as a table for people.

@@ -154,7 +154,8 @@ impl Replica {
             joiners: vec![to],
         };
         let snapshot = Some(self.state.to_snapshot(self.view.epoch, self.applied_ts));
-        let env = self.envelope(to, PeerMsg::Decided { proposal, snapshot });
+        let env =
+            self.envelope(to, PeerMsg::Decided { proposal, snapshot: snapshot.map(Box::new) });
         self.ready.messages.push(env);
     }
 

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use strstore_protocol::{
-    Action, Ballot, ClientId, ClusterReport, Deps, Envelope, Epoch, Error, Health, Member,
-    MemberStatus, NodeId, Op, Oseq, PeerMsg, Reply, ReqSeq, Request, Response, Snapshot, Timestamp,
-    View, ViewProposal, Write, WriteOp,
+    Action, AppliedDigest, Ballot, ClientId, ClusterReport, Deps, Envelope, Epoch, Error, Health,
+    Member, MemberStatus, NodeId, Op, Oseq, PeerMsg, ReplicaReport, Reply, ReqSeq, Request,
+    Response, Snapshot, Timestamp, View, ViewProposal, Write, WriteOp,
 };
 
 use super::state::{Limits, StringState};
@@ -424,6 +424,11 @@ impl Replica {
         self.state.value()
     }
 
+    /// Fingerprint of every action applied so far.
+    pub fn digest(&self) -> AppliedDigest {
+        self.state.digest()
+    }
+
     /// The last applied action before the ones `Ready::applied` reported since the last
     /// restart or snapshot install (the default timestamp if they start from the beginning).
     pub fn replay_base(&self) -> Timestamp {
@@ -607,7 +612,7 @@ impl Replica {
             }
             PeerMsg::Accepted { ballot } => self.on_accepted(env.from, env.epoch, ballot),
             PeerMsg::Decided { proposal, snapshot } => {
-                self.on_decided(env.from, proposal, snapshot)
+                self.on_decided(env.from, proposal, snapshot.map(|s| *s))
             }
         }
     }
@@ -657,6 +662,21 @@ impl Replica {
             reporter: self.id(),
             reporter_is_member: self.is_member(),
             members,
+        }
+    }
+
+    /// This node's own replica state (not a linearizable read: no fence is taken).
+    pub fn replica_report(&self) -> ReplicaReport {
+        ReplicaReport {
+            node: self.id(),
+            epoch: self.view.epoch,
+            master: self.view.master,
+            members: self.view.ids(),
+            member: self.is_member(),
+            frozen: self.stats().frozen,
+            applied: self.applied_ts,
+            digest: self.state.digest(),
+            value: self.state.snapshot_value(),
         }
     }
 

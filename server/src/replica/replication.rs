@@ -226,6 +226,7 @@ impl Replica {
                 self.reply(waiter, w.seq, applied.result(w.seq).map(Response::Len));
             }
         }
+        self.state.seal_action(action.epoch, action.id);
         self.applied_actions += 1;
         self.since_snapshot += 1;
         self.applied_ts = action.id;

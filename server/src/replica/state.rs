@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strstore_protocol::{
-    ClientId, Error, ReqSeq, SessionEntry, Snapshot, Timestamp, Write, WriteOp,
+    AppliedDigest, ClientId, Epoch, Error, ReqSeq, SessionEntry, Snapshot, Timestamp, Write,
+    WriteOp,
 };
 
 /// A client's entry in the exactly-once table is forgotten after this many applied writes
@@ -73,6 +74,9 @@ pub struct StringState {
     sessions: HashMap<ClientId, Session>,
     /// Writes applied so far (fresh or not): the clock for session expiry.
     writes_applied: u64,
+    /// Which actions built this state, in order; compared across replicas by operators and
+    /// the chaos test.
+    digest: AppliedDigest,
     limits: Limits,
 }
 
@@ -158,6 +162,16 @@ impl StringState {
         self.sessions.retain(|_, s| now - s.last_used <= CLIENT_EXPIRY_WRITES);
     }
 
+    /// Records that the writes of action `id` of view `epoch` have been applied.
+    pub fn seal_action(&mut self, epoch: Epoch, id: Timestamp) {
+        self.digest.advance(epoch, id);
+    }
+
+    /// Fingerprint of the actions applied so far.
+    pub fn digest(&self) -> AppliedDigest {
+        self.digest
+    }
+
     /// Number of clients remembered for exactly-once.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -182,6 +196,7 @@ impl StringState {
             value: self.snapshot_value(),
             sessions,
             writes_applied: self.writes_applied,
+            digest: self.digest,
         }
     }
 
@@ -199,6 +214,7 @@ impl StringState {
                 })
                 .collect(),
             writes_applied: snapshot.writes_applied,
+            digest: snapshot.digest,
             limits,
         }
     }
@@ -238,6 +254,7 @@ mod tests {
     fn snapshot_round_trip_keeps_value_and_sessions() {
         let mut s = StringState::new(Limits::default());
         s.apply(&write(7, 3, WriteOp::Append("abc".into())));
+        s.seal_action(1, Timestamp::new(9, 1));
         let snap = s.to_snapshot(2, Timestamp::new(9, 1));
         let back = StringState::from_snapshot(&snap, Limits::default());
         assert_eq!(back, s);

@@ -400,7 +400,10 @@ impl Replica {
         targets.remove(&self.id());
         for to in targets {
             let snapshot = proposal.joiners.contains(&to).then(|| snapshot.clone()).flatten();
-            let env = self.envelope(to, PeerMsg::Decided { proposal: proposal.clone(), snapshot });
+            let env = self.envelope(
+                to,
+                PeerMsg::Decided { proposal: proposal.clone(), snapshot: snapshot.map(Box::new) },
+            );
             self.ready.messages.push(env);
         }
     }

@@ -121,6 +121,16 @@ pub enum Divergence {
         /// The second replica's action there.
         b: Option<ActionId>,
     },
+    /// The replicas' own digests differ after the same number of actions: they applied
+    /// different sequences.
+    Digests {
+        /// Actions both applied.
+        actions: u64,
+        /// The first replica's hash.
+        a_hash: u64,
+        /// The second replica's hash.
+        b_hash: u64,
+    },
     /// One applied sequence is a strict prefix of the other while convergence was required.
     Lagging {
         /// Actions applied by the first replica.
@@ -339,6 +349,11 @@ fn fmt_divergence(
             let (on_a, on_b) = (action(on_a), action(on_b));
             write!(f, "applied action #{index} is {on_a} on n{a} but {on_b} on n{b}")
         }
+        Divergence::Digests { actions, a_hash, b_hash } => write!(
+            f,
+            "after {actions} actions the applied-sequence digest is {a_hash:016x} on n{a} \
+             but {b_hash:016x} on n{b}"
+        ),
         Divergence::Lagging { a_applied, b_applied } => {
             write!(f, "applied {a_applied} and {b_applied} actions at the end of the run")
         }

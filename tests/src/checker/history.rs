@@ -10,6 +10,7 @@
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
+pub use strstore_protocol::AppliedDigest;
 
 use super::jsonl::{self, JsonlError};
 
@@ -156,6 +157,11 @@ pub struct ReplicaState {
     /// The actions it applied, in order; every replica must apply the same sequence.
     #[serde(default)]
     pub applied: Vec<ActionId>,
+    /// The replica's own fingerprint of its applied sequence, for recorders that cannot list
+    /// the actions (a real node compacts its log): equal action counts must come with equal
+    /// hashes.
+    #[serde(default)]
+    pub digest: Option<AppliedDigest>,
 }
 
 impl ReplicaState {
@@ -207,8 +213,12 @@ mod tests {
 
     #[test]
     fn replicas_round_trip() {
-        let replicas =
-            vec![ReplicaState { node: 1, string: b"<c1-1>".to_vec(), applied: vec![(1, 1)] }];
+        let replicas = vec![ReplicaState {
+            node: 1,
+            string: b"<c1-1>".to_vec(),
+            applied: vec![(1, 1)],
+            digest: Some(AppliedDigest { actions: 1, hash: 7 }),
+        }];
         let mut out = Vec::new();
         ReplicaState::write_jsonl(&replicas, &mut out).unwrap();
         assert_eq!(ReplicaState::read_jsonl(&out[..]).unwrap(), replicas);

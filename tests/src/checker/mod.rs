@@ -41,7 +41,9 @@ mod tests;
 use std::fmt;
 
 pub use anomaly::{Anomaly, Divergence, Location, OpRef, Source, Stuck};
-pub use history::{ActionId, History, OkValue, Op, OpIndex, OpKind, Outcome, ReplicaState};
+pub use history::{
+    ActionId, AppliedDigest, History, OkValue, Op, OpIndex, OpKind, Outcome, ReplicaState,
+};
 pub use jsonl::JsonlError;
 pub use token::{parse_token, token, tokenize, tokens, Malformed, Span, TokenId, Tokens};
 

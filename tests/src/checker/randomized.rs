@@ -122,7 +122,12 @@ fn generate(rng: &mut StdRng, shape: &Shape) -> Generated {
         })
         .collect();
     let replicas = (1..=shape.replicas)
-        .map(|node| ReplicaState { node, string: string.clone(), applied: applied.clone() })
+        .map(|node| ReplicaState {
+            node,
+            string: string.clone(),
+            applied: applied.clone(),
+            digest: None,
+        })
         .collect();
     Generated { history, replicas, final_ops }
 }

@@ -22,18 +22,22 @@ pub(crate) fn compare<'r>(
     for replica in replicas {
         check_no_duplicate_actions(replica, sink);
     }
-    let reference = replicas.iter().max_by_key(|r| (r.applied.len(), std::cmp::Reverse(r.node)))?;
+    let reference = replicas.iter().max_by_key(|r| (progress(r), std::cmp::Reverse(r.node)))?;
     // The first replica seen for each applied-sequence length; the ones after it that applied
     // the same (prefix) sequence must hold the same string.
-    let mut by_len: BTreeMap<usize, &ReplicaState> = BTreeMap::new();
-    by_len.insert(reference.applied.len(), reference);
+    let mut by_len: BTreeMap<(usize, u64), &ReplicaState> = BTreeMap::new();
+    by_len.insert(progress(reference), reference);
+    let mut digests: BTreeMap<u64, &ReplicaState> = BTreeMap::new();
     for replica in replicas.iter().filter(|r| !std::ptr::eq(*r, reference)) {
-        if let Some(divergence) = applied_divergence(reference, replica, require_converged) {
-            let (a, b) = (reference.node, replica.node);
+        let divergence = applied_divergence(reference, replica, require_converged)
+            .map(|divergence| (reference, divergence))
+            .or_else(|| digest_divergence(reference, replica, require_converged, &mut digests));
+        if let Some((other, divergence)) = divergence {
+            let (a, b) = (other.node, replica.node);
             sink.push(Anomaly::ReplicasDiverge { a, b, divergence });
             continue;
         }
-        let first = *by_len.entry(replica.applied.len()).or_insert(replica);
+        let first = *by_len.entry(progress(replica)).or_insert(replica);
         if let Some(divergence) = string_divergence(first, replica) {
             sink.push(Anomaly::ReplicasDiverge { a: first.node, b: replica.node, divergence });
         }
@@ -59,6 +63,37 @@ fn applied_divergence(
         return Some(Divergence::Lagging { a_applied: a.len(), b_applied: b.len() });
     }
     None
+}
+
+/// How far a replica got: the actions it listed, and the actions its digest counts.
+fn progress(replica: &ReplicaState) -> (usize, u64) {
+    (replica.applied.len(), replica.digest.map_or(0, |d| d.actions))
+}
+
+/// Compares `replica`'s digest with the first one seen at the same action count (`seen`), and
+/// with the reference's count when convergence is required. Replicas without a digest are
+/// left to the applied lists.
+fn digest_divergence<'r>(
+    reference: &'r ReplicaState,
+    replica: &'r ReplicaState,
+    require_converged: bool,
+    seen: &mut BTreeMap<u64, &'r ReplicaState>,
+) -> Option<(&'r ReplicaState, Divergence)> {
+    let (Some(mine), Some(theirs)) = (replica.digest, reference.digest) else { return None };
+    if require_converged && mine.actions != theirs.actions {
+        let lagging = Divergence::Lagging {
+            a_applied: theirs.actions as usize,
+            b_applied: mine.actions as usize,
+        };
+        return Some((reference, lagging));
+    }
+    seen.entry(theirs.actions).or_insert(reference);
+    let first = *seen.entry(mine.actions).or_insert(replica);
+    let first_digest = first.digest?;
+    (first_digest.hash != mine.hash).then_some((
+        first,
+        Divergence::Digests { actions: mine.actions, a_hash: first_digest.hash, b_hash: mine.hash },
+    ))
 }
 
 fn string_divergence(a: &ReplicaState, b: &ReplicaState) -> Option<Divergence> {

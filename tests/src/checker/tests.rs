@@ -72,7 +72,12 @@ impl Builder {
 fn replicas(string: &[u8]) -> Vec<ReplicaState> {
     let applied = vec![(1, 1), (2, 1), (1, 2)];
     (1..=3)
-        .map(|node| ReplicaState { node, string: string.to_vec(), applied: applied.clone() })
+        .map(|node| ReplicaState {
+            node,
+            string: string.to_vec(),
+            applied: applied.clone(),
+            digest: None,
+        })
         .collect()
 }
 
@@ -326,6 +331,52 @@ fn lagging_replica_is_ok_only_when_allowed() {
     let lenient = CheckConfig { require_converged_replicas: false, ..CheckConfig::default() };
     let report = check_with(&b.history, &states, &lenient);
     assert!(report.is_ok(), "{report}");
+}
+
+/// Replicas known only by their digests, as a real cluster reports them.
+fn digest_replicas(string: &[u8], digests: &[(u64, u64)]) -> Vec<ReplicaState> {
+    let states = digests.iter().zip(1..);
+    states
+        .map(|(&(actions, hash), node)| ReplicaState {
+            node,
+            string: string.to_vec(),
+            applied: vec![],
+            digest: Some(AppliedDigest { actions, hash }),
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_with_different_digests() {
+    let mut b = Builder::default();
+    b.append(1, t(1, 1), 0, 1, 6);
+    let states = digest_replicas(&t(1, 1), &[(3, 0xaa), (3, 0xaa), (3, 0xbb)]);
+    let report = check(&b.history, &states);
+    let expected = Divergence::Digests { actions: 3, a_hash: 0xaa, b_hash: 0xbb };
+    match report.failures().find(|a| a.kind() == "ReplicasDiverge") {
+        Some(Anomaly::ReplicasDiverge { b: 3, divergence, .. }) => {
+            assert_eq!(*divergence, expected, "{report}")
+        }
+        _ => panic!("{report}"),
+    }
+    assert!(report.to_string().contains("digest"), "{report}");
+    let same = digest_replicas(&t(1, 1), &[(3, 0xaa), (3, 0xaa), (3, 0xaa)]);
+    assert!(check(&b.history, &same).is_ok());
+}
+
+#[test]
+fn lagging_digest_is_ok_only_when_allowed() {
+    let mut b = Builder::default();
+    b.append(1, t(1, 1), 0, 1, 6);
+    let mut states = digest_replicas(&t(1, 1), &[(3, 0xaa), (2, 0x11), (3, 0xaa)]);
+    states[1].string.clear();
+    assert!(check(&b.history, &states).has("ReplicasDiverge"));
+    let lenient = CheckConfig { require_converged_replicas: false, ..CheckConfig::default() };
+    let report = check_with(&b.history, &states, &lenient);
+    assert!(report.is_ok(), "{report}");
+    // Lagging is allowed, a different history at the same count is not.
+    let forked = digest_replicas(&t(1, 1), &[(3, 0xaa), (2, 0x11), (2, 0x22)]);
+    assert!(check_with(&b.history, &forked, &lenient).has("ReplicasDiverge"));
 }
 
 #[test]

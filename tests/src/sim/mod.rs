@@ -599,6 +599,7 @@ impl<'a> Sim<'a> {
                 node: *id,
                 string: n.replica.as_ref().map(|r| r.value().to_vec()).unwrap_or_default(),
                 applied: self.order[..n.position].iter().map(|ts| (ts.time, ts.node)).collect(),
+                digest: n.replica.as_ref().map(|r| r.digest()),
             })
             .collect()
     }
