@@ -149,7 +149,9 @@ pub struct ReplicaReport {
 /// hash chained over each `(epoch, id)` in order. Two replicas that applied the same
 /// sequence hold equal digests; it travels in snapshots, so it survives log compaction, which
 /// a list of action ids would not.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct AppliedDigest {
     /// Actions applied.
     pub actions: u64,

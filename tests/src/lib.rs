@@ -1,6 +1,7 @@
 //! Test support for strstore: the history checker, the deterministic simulation and the
 //! multi-process cluster harness.
 
+pub mod chaos;
 pub mod checker;
 pub mod cluster;
 pub mod sim;

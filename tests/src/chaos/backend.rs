@@ -1,0 +1,177 @@
+//! Where the nodes run, and the handful of operations the nemesis needs from it: kill and
+//! restart a node, pause and resume it, and run a command (nft, tc) inside its network
+//! namespace. Both backends give every node its own IP address, so network faults are the same
+//! nftables and tc commands on either.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+use strstore_protocol::NodeId;
+
+use super::{docker, netns, Args, BackendKind};
+
+/// One node as the chaos test sees it.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// The node's own address; peers reach each other at it, and network faults match it.
+    pub ip: Ipv4Addr,
+    /// Where clients connect (`ip:port`).
+    pub client_addr: String,
+}
+
+/// The cluster under test.
+pub enum Backend {
+    Netns(netns::Cluster),
+    Docker(docker::Cluster),
+}
+
+impl Backend {
+    /// Creates the cluster and starts every node.
+    pub fn start(args: &Args, out: &Path) -> anyhow::Result<Self> {
+        Ok(match args.backend {
+            BackendKind::Netns => Backend::Netns(netns::Cluster::start(args, out)?),
+            BackendKind::Docker => Backend::Docker(docker::Cluster::start(args, out)?),
+        })
+    }
+
+    pub fn nodes(&self) -> &[NodeInfo] {
+        match self {
+            Backend::Netns(c) => c.nodes(),
+            Backend::Docker(c) => c.nodes(),
+        }
+    }
+
+    /// One line naming the nodes and their addresses, for the report.
+    pub fn describe(&self) -> String {
+        let nodes: Vec<String> =
+            self.nodes().iter().map(|n| format!("n{} at {}", n.id, n.client_addr)).collect();
+        nodes.join(", ")
+    }
+
+    /// SIGKILL: the node loses everything it had not synced.
+    pub fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
+        match self {
+            Backend::Netns(c) => c.kill(id),
+            Backend::Docker(c) => c.kill(id),
+        }
+    }
+
+    /// Starts a killed node again on its data directory (no-op if it runs).
+    pub fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        match self {
+            Backend::Netns(c) => c.restart(id),
+            Backend::Docker(c) => c.restart(id),
+        }
+    }
+
+    /// Freezes the node's processes (SIGSTOP, or the cgroup freezer under docker).
+    pub fn pause(&mut self, id: NodeId) -> anyhow::Result<()> {
+        match self {
+            Backend::Netns(c) => c.signal(id, "STOP"),
+            Backend::Docker(c) => c.docker(&["pause"], id),
+        }
+    }
+
+    pub fn resume(&mut self, id: NodeId) -> anyhow::Result<()> {
+        match self {
+            Backend::Netns(c) => c.signal(id, "CONT"),
+            Backend::Docker(c) => c.docker(&["unpause"], id),
+        }
+    }
+
+    /// Runs `program args` in node `id`'s network namespace, feeding it `stdin`.
+    pub fn in_netns(
+        &self,
+        id: NodeId,
+        program: &str,
+        args: &[&str],
+        stdin: &str,
+    ) -> anyhow::Result<()> {
+        let mut command = match self {
+            Backend::Netns(c) => c.netns_command(id),
+            Backend::Docker(c) => c.netns_command(id)?,
+        };
+        command.arg(program).args(args);
+        run_with_stdin(command, stdin)
+    }
+
+    /// Best effort: resumes every node, restarts dead ones and removes every network fault,
+    /// so that the settling phase starts from a whole cluster whatever the nemesis left.
+    pub fn heal_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes().iter().map(|n| n.id).collect();
+        for id in ids {
+            let _ = self.resume(id);
+            if let Err(e) = self.restart(id) {
+                eprintln!("chaos: restarting n{id} while healing: {e:#}");
+            }
+            super::nemesis::clear_network_faults(self, id);
+        }
+    }
+
+    /// Copies every node's log into `dir` (best effort).
+    pub fn collect_logs(&self, dir: &Path) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("chaos: cannot create {}: {e}", dir.display());
+            return;
+        }
+        match self {
+            Backend::Netns(c) => c.collect_logs(dir),
+            Backend::Docker(c) => c.collect_logs(dir),
+        }
+    }
+
+    /// Stops the nodes and removes everything the backend created (idempotent).
+    pub fn teardown(&mut self) {
+        match self {
+            Backend::Netns(c) => c.teardown(),
+            Backend::Docker(c) => c.teardown(),
+        }
+    }
+}
+
+/// Runs a command to completion; a non-zero exit is an error carrying its stderr.
+pub fn run(mut command: Command) -> anyhow::Result<String> {
+    let shown = format!("{command:?}");
+    let output =
+        command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {shown}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{shown} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// [`run`] with `input` on the command's stdin.
+pub fn run_with_stdin(mut command: Command, input: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).with_context(|| format!("writing to {shown}"))?;
+    }
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{shown} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Shorthand: a [`Command`] from a program and its arguments.
+pub fn cmd(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args);
+    command
+}
