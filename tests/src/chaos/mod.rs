@@ -1,6 +1,6 @@
 //! The Jepsen-style chaos test: concurrent clients run a workload against a real cluster while a
 //! nemesis injects faults; then the faults are healed, the cluster is given time to settle,
-//! and the history and the replicas' final states are judged by the [`checker`](crate::checker).
+//! and the history and the replicas' final states are judged by [`crate::checker`].
 //!
 //! Entry point: `deploy/chaos.sh` (which builds and runs the `strstore-chaos` binary).
 //!
