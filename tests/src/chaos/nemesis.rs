@@ -57,6 +57,8 @@ impl NemesisKind {
 /// when the workload stops).
 const LEAD_IN: Duration = Duration::from_secs(5);
 const TAIL: Duration = Duration::from_secs(5);
+/// No fault starts unless it can be held this long before the tail.
+const SHORTEST_HOLD: Duration = Duration::from_secs(2);
 
 /// One fault, ready to apply.
 #[derive(Clone, Debug)]
@@ -108,7 +110,7 @@ impl NemesisPlan {
         let last_start = start + self.duration.saturating_sub(TAIL);
         let mut windows = Vec::new();
         pause_until(start + LEAD_IN, stop);
-        while !stop.load(Ordering::SeqCst) && Instant::now() < last_start {
+        while !stop.load(Ordering::SeqCst) && Instant::now() + SHORTEST_HOLD < last_start {
             let drawn = self.draw();
             let began = Instant::now();
             println!("chaos: {:7.1}s  {} ({})", since(began) as f64 / 1e9, drawn.label, drawn.kind);
