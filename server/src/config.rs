@@ -65,6 +65,13 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 64)]
     pub window: usize,
 
+    /// Threads running the node's connections and engine. The engine is one task, so one
+    /// thread (the default) avoids cross-thread wake-ups, which cost more than they buy
+    /// unless many TLS clients keep several cores busy with crypto. The log writer always
+    /// has its own thread.
+    #[arg(long, default_value_t = 1, env = "STRSTORE_WORKER_THREADS")]
+    pub worker_threads: usize,
+
     /// Most client connections served at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

@@ -253,7 +253,9 @@ impl Latency {
     }
 }
 
-#[tokio::main]
+// One thread drives every client: the generator shares the machine with the nodes it loads,
+// and a multi-threaded runtime would spend the cores on cross-thread wake-ups instead.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Arc::new(Args::parse());
     if std::env::var_os("RUST_LOG").is_some() {
