@@ -7,8 +7,9 @@
 #   deploy/local-cluster.sh renew       new certificates from the same CA, then SIGHUP the nodes
 #   deploy/local-cluster.sh wipe        stop and delete all data
 #
-# Node i listens for clients on 127.0.0.1:(7378+i) and for peers on 127.0.0.1:(7478+i); data
-# and logs live in .cluster/ at the top of the checkout (override with STRSTORE_CLUSTER_DIR).
+# Node i listens for clients on 127.0.0.1:(7378+i) and for peers on 127.0.0.1:(7478+i) (with
+# STRSTORE_BASE_PORT=B: B-1+i and B+99+i); data and logs live in .cluster/ at the top of the
+# checkout (override with STRSTORE_CLUSTER_DIR).
 # Peers talk over mutual TLS with certificates made once by `strstore-server certs` in
 # .cluster/tls/. STRSTORE_CLIENT_TLS=true (and STRSTORE_CLIENT_AUTH=required) puts clients on
 # TLS too.
@@ -19,8 +20,9 @@ dir=${STRSTORE_CLUSTER_DIR:-$top/.cluster}
 bin=$top/target/release
 tls=$dir/tls
 
-client_port() { echo $((7378 + $1)); }
-peer_port() { echo $((7478 + $1)); }
+base_port=${STRSTORE_BASE_PORT:-7379}
+client_port() { echo $((base_port - 1 + $1)); }
+peer_port() { echo $((base_port + 99 + $1)); }
 
 wait_port() {
   local port=$1 deadline=$((SECONDS + 30))

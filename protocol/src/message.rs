@@ -197,6 +197,25 @@ pub struct ClusterReport {
     /// Whether the reporter is a member of the view.
     pub reporter_is_member: bool,
     pub members: Vec<MemberStatus>,
+    /// How the reporter runs, so that a benchmark or an operator can say what was measured.
+    pub settings: NodeSettings,
+}
+
+/// The settings of one node that decide what its numbers mean.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSettings {
+    /// Peers talk over mutual TLS.
+    pub peer_tls: bool,
+    /// Clients must speak TLS.
+    pub client_tls: bool,
+    /// Clients must also present a certificate.
+    pub client_auth: bool,
+    /// The log is flushed to disk before anything that depends on it is acknowledged.
+    pub fsync: bool,
+    /// Most own actions awaiting commit at once (`--window`).
+    pub window: u64,
+    /// Applied actions between snapshots (`--snapshot-every`).
+    pub snapshot_every: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strstore_protocol::{Envelope, Request, ServerFrame};
+use strstore_protocol::{Envelope, NodeSettings, Request, ServerFrame};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, error, info, warn};
@@ -17,7 +17,7 @@ use crate::health::Sampler;
 use crate::log::{LogError, LogStore, SledLog};
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{Ready, Replica, WaiterId};
-use crate::tls::{TlsError, TlsState};
+use crate::tls::{ClientAuth, TlsError, TlsState};
 use crate::transport::{self, PeerSenders};
 
 /// Inputs queued for the engine before senders wait. Bounds memory under overload; the
@@ -140,7 +140,23 @@ pub async fn run(
     info!(client = %bound.client, peer = ?bound.peer, "node ready");
     on_bound(bound);
     let health = Sampler::new(&cfg.data_dir);
-    let engine = Engine { replica, writer, peers, waiters: HashMap::new(), next_waiter: 1, health };
+    let settings = NodeSettings {
+        peer_tls: cfg.tls.is_some() && cfg.peers.len() > 1,
+        client_tls: cfg.tls.as_ref().is_some_and(|t| t.clients.is_some()),
+        client_auth: cfg.tls.as_ref().is_some_and(|t| t.clients == Some(ClientAuth::Required)),
+        fsync: true,
+        window: cfg.window as u64,
+        snapshot_every: cfg.snapshot_every,
+    };
+    let engine = Engine {
+        replica,
+        writer,
+        peers,
+        waiters: HashMap::new(),
+        next_waiter: 1,
+        health,
+        settings,
+    };
     let writer = engine.run(inbox_rx, cfg.tick, shutdown).await;
     let _ = stop_tx.send(true);
     writer.close();
@@ -183,6 +199,8 @@ struct Engine {
     waiters: HashMap<WaiterId, mpsc::UnboundedSender<ServerFrame>>,
     next_waiter: WaiterId,
     health: Sampler,
+    /// Reported with the status.
+    settings: NodeSettings,
 }
 
 /// How often the node samples its health for heartbeats.
@@ -238,7 +256,9 @@ impl Engine {
             }
             Input::Peer(env) => self.replica.step(env),
             Input::Status { reply } => {
-                let _ = reply.send(ServerFrame::Status(self.replica.cluster_status()));
+                let mut report = self.replica.cluster_status();
+                report.settings = self.settings.clone();
+                let _ = reply.send(ServerFrame::Status(report));
             }
             Input::Inspect { reply } => {
                 let _ = reply.send(ServerFrame::Inspection(self.replica.replica_report()));

@@ -92,6 +92,11 @@ struct Args {
     #[arg(long)]
     json: bool,
 
+    /// A free-form label copied into the JSON results (e.g. `string=1MiB`), so that a script
+    /// running several configurations can tell the results apart.
+    #[arg(long, default_value = "")]
+    tag: String,
+
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -228,6 +233,35 @@ struct Report {
     ops_per_sec: f64,
     latency_us: Latency,
     first_error: Option<String>,
+    /// What was measured: the cluster's size and settings, as its status reported them.
+    cluster: Option<ClusterInfo>,
+    /// `--tag`.
+    tag: String,
+}
+
+/// The cluster under test, from its status: a figure means little without these.
+#[derive(Serialize)]
+struct ClusterInfo {
+    members: usize,
+    epoch: u64,
+    /// The settings of the node that answered (every node of a deployment runs the same).
+    settings: strstore_client::protocol::NodeSettings,
+}
+
+/// Asks the cluster for its size and settings before loading it.
+async fn cluster_info(args: &Args) -> anyhow::Result<ClusterInfo> {
+    let config = ClientConfig {
+        addrs: args.addr.0.clone(),
+        request_timeout: args.timeout,
+        tls: args.tls.files()?,
+        ..Default::default()
+    };
+    let report = Client::new(config)?.status().await.context("cannot get the cluster's status")?;
+    Ok(ClusterInfo {
+        members: report.members.len(),
+        epoch: report.epoch,
+        settings: report.settings,
+    })
 }
 
 #[derive(Serialize)]
@@ -275,10 +309,12 @@ async fn main() -> ExitCode {
 
 /// Runs the benchmark and prints the report; fails if not a single request succeeded.
 async fn bench(args: Arc<Args>) -> anyhow::Result<()> {
+    let cluster = cluster_info(&args).await?;
     if !args.json {
-        print_header(&args);
+        print_header(&args, &cluster);
     }
-    let report = run(args.clone()).await?;
+    let mut report = run(args.clone()).await?;
+    report.cluster = Some(cluster);
     if args.json {
         println!("{}", serde_json::to_string(&report).context("cannot encode the report")?);
     } else {
@@ -349,6 +385,8 @@ async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
         ops_per_sec: if elapsed_s > 0.0 { ops as f64 / elapsed_s } else { 0.0 },
         latency_us: Latency::of(&latency_us),
         first_error,
+        cluster: None,
+        tag: args.tag.clone(),
     })
 }
 
@@ -392,7 +430,7 @@ fn spawn_progress(
     (bar, task)
 }
 
-fn print_header(args: &Args) {
+fn print_header(args: &Args, cluster: &ClusterInfo) {
     let stop = match args.ops {
         Some(ops) => format!("{ops} requests"),
         None => format!("{:.1} s", args.duration.as_secs_f64()),
@@ -404,6 +442,23 @@ fn print_header(args: &Args) {
         args.clients,
         args.value_bytes,
         args.warmup.as_secs_f64()
+    );
+    let s = &cluster.settings;
+    let yes_no = |on: bool, yes: &'static str, no: &'static str| if on { yes } else { no };
+    println!(
+        "  cluster: {} members (epoch {}); peers {}; clients {}; log fsync before ack: {}; \
+         window {}, snapshot every {}",
+        cluster.members,
+        cluster.epoch,
+        yes_no(s.peer_tls, "over mutual TLS", "in plaintext"),
+        match (s.client_tls, s.client_auth) {
+            (false, _) => "in plaintext",
+            (true, false) => "over TLS",
+            (true, true) => "over mutual TLS",
+        },
+        yes_no(s.fsync, "yes", "NO"),
+        s.window,
+        s.snapshot_every,
     );
 }
 

@@ -662,6 +662,8 @@ impl Replica {
             reporter: self.id(),
             reporter_is_member: self.is_member(),
             members,
+            // The engine does not know how its node is wired; the driver fills this in.
+            settings: Default::default(),
         }
     }
 
