@@ -4,9 +4,17 @@
 //! thread takes every job waiting, appends them all, syncs once, then releases their messages
 //! in order. While it syncs, new jobs queue up and share the next sync: that is how one fsync
 //! comes to cover many actions.
+//!
+//! A batch made only of `Commit` records, with no message waiting on it, is appended but not
+//! synced at once: nothing is released on its account (the engine applies and answers on a
+//! commit without waiting for its record, and a lost commit record is re-learned from the
+//! peers after a restart, as when a crash hits between write and sync). It is synced by the
+//! next batch that needs a sync, or after [`IDLE_SYNC`] without one. On a loaded node that
+//! halves the syncs: every action is followed by its commit.
 
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use strstore_protocol::{Envelope, NodeId};
 use tokio::sync::mpsc;
@@ -16,6 +24,9 @@ use crate::log::LogStore;
 use crate::replica::LogRecord;
 use crate::server::Input;
 use crate::transport::PeerSenders;
+
+/// Longest a deferred batch of commit records stays unsynced when nothing else comes.
+pub const IDLE_SYNC: Duration = Duration::from_millis(5);
 
 /// One engine step's durable work.
 pub struct LogJob {
@@ -41,10 +52,35 @@ impl LogWriter {
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
+                // Records appended since the last sync.
+                let mut dirty = false;
+                loop {
+                    let first = if dirty {
+                        match rx.recv_timeout(IDLE_SYNC) {
+                            Ok(job) => job,
+                            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                                sync(&mut log);
+                                dirty = false;
+                                continue;
+                            }
+                            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        }
+                    };
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    write_durably(&mut log, &batch);
+                    dirty |= append(&mut log, &batch);
+                    if batch.iter().all(LogJob::can_wait) {
+                        continue;
+                    }
+                    if dirty {
+                        sync(&mut log);
+                        dirty = false;
+                    }
                     for env in batch.into_iter().flat_map(|j| j.after_sync) {
                         if env.to == me {
                             if inbox.blocking_send(Input::Peer(env)).is_err() {
@@ -54,6 +90,9 @@ impl LogWriter {
                             peers.send(env);
                         }
                     }
+                }
+                if dirty {
+                    sync(&mut log);
                 }
             })
             .expect("spawning the log writer thread");
@@ -73,7 +112,17 @@ impl LogWriter {
     }
 }
 
-fn write_durably<L: LogStore>(log: &mut L, batch: &[LogJob]) {
+impl LogJob {
+    /// True when nothing depends on this job being durable soon: commit records only, and
+    /// no message to release.
+    fn can_wait(&self) -> bool {
+        self.after_sync.is_empty()
+            && self.records.iter().all(|r| matches!(r, LogRecord::Commit { .. }))
+    }
+}
+
+/// Appends every record of the batch; true if there was any.
+fn append<L: LogStore>(log: &mut L, batch: &[LogJob]) -> bool {
     let mut wrote = false;
     for job in batch.iter().filter(|j| !j.records.is_empty()) {
         wrote = true;
@@ -81,10 +130,12 @@ fn write_durably<L: LogStore>(log: &mut L, batch: &[LogJob]) {
             crash(&e);
         }
     }
-    if wrote {
-        if let Err(e) = log.sync() {
-            crash(&e);
-        }
+    wrote
+}
+
+fn sync<L: LogStore>(log: &mut L) {
+    if let Err(e) = log.sync() {
+        crash(&e);
     }
 }
 

@@ -151,7 +151,7 @@ impl Replica {
         }
     }
 
-    fn commit(&mut self, id: Timestamp) {
+    pub(super) fn commit(&mut self, id: Timestamp) {
         let f = self.in_flight.remove(&id).expect("committing an action in flight");
         let mut deps: Deps = f.acks.into_iter().collect();
         if let PeerMsg::Action(a) = &f.msg {
