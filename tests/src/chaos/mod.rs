@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -144,16 +145,35 @@ fn run_on(
     let start = Instant::now();
     let duration = Duration::from_secs(args.duration);
     let plan = NemesisPlan::new(args.nemesis, args.seed, &nodes, duration);
-    let stop = AtomicBool::new(false);
+    // Set when the workload is over, or at Ctrl-C: the nemesis and the clients stop, and the
+    // cluster is healed and removed as after any run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let watcher = runtime.spawn({
+        let (stop, interrupted) = (stop.clone(), interrupted.clone());
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("chaos: interrupted; healing and removing the cluster");
+                interrupted.store(true, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    });
     let workload = workload::Config::new(args, &nodes);
     let (history, faults) = std::thread::scope(|scope| {
         let nemesis = scope.spawn(|| plan.run(backend, start, &stop));
-        let history = runtime.block_on(workload::run(workload, start, start + duration));
+        let until = start + duration;
+        let history = runtime.block_on(workload::run(workload, start, until, stop.clone()));
         stop.store(true, Ordering::SeqCst);
         let faults = nemesis.join().expect("the nemesis thread panicked");
         (history, faults)
     });
+    watcher.abort();
     let faults = faults?;
+    if interrupted.load(Ordering::SeqCst) {
+        backend.heal_all();
+        anyhow::bail!("interrupted after {} ops", history.len());
+    }
     let run_end = start.elapsed().as_nanos() as u64;
     println!("chaos: workload done ({} ops); healing and settling", history.len());
 

@@ -4,6 +4,7 @@
 //! and what the client learned: `Ok`, `Failed` only when a node said the op was not applied,
 //! and `Unknown` for everything else (a timeout never counts as failed).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,14 +60,22 @@ impl Config {
     }
 }
 
-/// Runs every client until `until` and returns the merged history, times in nanoseconds
-/// since `start`.
-pub async fn run(config: Config, start: std::time::Instant, until: std::time::Instant) -> History {
+/// Runs every client until `until` (or `stop`) and returns the merged history, times in
+/// nanoseconds since `start`.
+pub async fn run(
+    config: Config,
+    start: std::time::Instant,
+    until: std::time::Instant,
+    stop: Arc<AtomicBool>,
+) -> History {
     let history = Arc::new(Mutex::new(History::new()));
     let start = Instant::from_std(start);
     let until = Instant::from_std(until);
     let tasks: Vec<_> = (1..=config.clients)
-        .map(|c| tokio::spawn(client_loop(config.clone(), c, start, until, history.clone())))
+        .map(|c| {
+            let (config, history, stop) = (config.clone(), history.clone(), stop.clone());
+            tokio::spawn(client_loop(config, c, start, until, history, stop))
+        })
         .collect();
     for task in tasks {
         if let Err(e) = task.await {
@@ -83,6 +92,7 @@ async fn client_loop(
     start: Instant,
     until: Instant,
     history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
 ) {
     let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(c));
     let mut client = match Client::new(config.client_config(c)) {
@@ -94,7 +104,7 @@ async fn client_loop(
     };
     let nanos = |at: Instant| at.duration_since(start).as_nanos() as u64;
     let mut next_token = 1;
-    while Instant::now() < until {
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
         let (kind, op) = if rng.gen_range(0..SET_ONE_IN) == 0 {
             let value = token(c, next_token);
             next_token += 1;
