@@ -208,10 +208,11 @@ fn svg(runs: &[Run]) -> String {
         for i in 0..=4 {
             let v = max * f64::from(i) / 4.0;
             let y = bottom - PANEL_H * f64::from(i) / 4.0;
+            let label = if v >= 1000.0 { format!("{:.1}k", v / 1000.0) } else { format!("{v:.1}") };
             let _ = writeln!(
                 out,
                 "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
-                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
                 W - RIGHT,
                 LEFT - 6.0,
                 y + 4.0
