@@ -111,27 +111,11 @@ fn markdown(runs: &[Run], machine: &str) -> String {
             if c.settings.fsync { "yes" } else { "no" },
         );
     }
-    let header = "| nodes | workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors |\n\
-                  |---:|---|---:|---:|---:|---:|---:|---:|\n";
-    let row = |out: &mut String, r: &Run| {
-        let l = &r.latency_us;
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
-            r.nodes(),
-            r.workload,
-            r.clients,
-            r.ops_per_sec,
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.p999),
-            r.errors
-        );
-    };
     let (plain, tagged): (Vec<&Run>, Vec<&Run>) = runs.iter().partition(|r| r.tag.is_empty());
-    out.push_str(header);
+    out.push_str("| nodes | workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors |\n");
+    out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for r in plain {
-        row(&mut out, r);
+        out.push_str(&row(&[r.nodes().to_string(), r.workload.clone()], r));
     }
     if !tagged.is_empty() {
         out.push_str("\n## By string size (append, before the run the string held)\n\n");
@@ -140,22 +124,25 @@ fn markdown(runs: &[Run], machine: &str) -> String {
         );
         out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in tagged {
-            let l = &r.latency_us;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
-                r.tag,
-                r.nodes(),
-                r.clients,
-                r.ops_per_sec,
-                ms(l.p50),
-                ms(l.p99),
-                ms(l.p999),
-                r.errors
-            );
+            out.push_str(&row(&[r.tag.clone(), r.nodes().to_string()], r));
         }
     }
     out
+}
+
+/// One table row: the `lead` columns, then the run's figures.
+fn row(lead: &[String], r: &Run) -> String {
+    let l = &r.latency_us;
+    format!(
+        "| {} | {} | {:.0} | {} | {} | {} | {} |\n",
+        lead.join(" | "),
+        r.clients,
+        r.ops_per_sec,
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.p999),
+        r.errors
+    )
 }
 
 /// Two panels over a log2 axis of client counts: throughput, and p99 latency.

@@ -704,17 +704,23 @@ impl Replica {
 mod tests {
     use super::*;
 
-    /// A single node killed after its action was durable but before the commit record was:
-    /// nobody else can ack it again, so the restart itself must commit and apply it.
-    #[test]
-    fn single_node_commits_its_own_durable_action_on_restart() {
+    /// What node 1 finds in its log after a crash between its action's flush and its
+    /// commit's: the action `append a`, durable, and no commit record.
+    fn own_uncommitted_action() -> Restored {
         let action = Action {
             id: Timestamp::new(5, 1),
             epoch: 1,
             oseq: 1,
             writes: vec![Write { client: 7, seq: 1, op: WriteOp::Append("a".into()) }],
         };
-        let restored = Restored { actions: vec![action], clock_bound: 10, ..Restored::default() };
+        Restored { actions: vec![action], clock_bound: 10, ..Restored::default() }
+    }
+
+    /// A single node killed after its action was durable but before the commit record was:
+    /// nobody else can ack it again, so the restart itself must commit and apply it.
+    #[test]
+    fn single_node_commits_its_own_durable_action_on_restart() {
+        let restored = own_uncommitted_action();
         let replica = Replica::new(Config::new(1, vec![1]), restored);
         assert_eq!(replica.value(), b"a");
         assert_eq!(replica.digest().actions, 1);
@@ -723,13 +729,7 @@ mod tests {
     /// With peers, the same action waits for their acks (asked again at once).
     #[test]
     fn member_keeps_its_own_uncommitted_action_in_flight_on_restart() {
-        let action = Action {
-            id: Timestamp::new(5, 1),
-            epoch: 1,
-            oseq: 1,
-            writes: vec![Write { client: 7, seq: 1, op: WriteOp::Append("a".into()) }],
-        };
-        let restored = Restored { actions: vec![action], clock_bound: 10, ..Restored::default() };
+        let restored = own_uncommitted_action();
         let replica = Replica::new(Config::new(1, vec![1, 2, 3]), restored);
         assert_eq!(replica.value(), b"");
         assert_eq!(replica.stats().in_flight, 1);
