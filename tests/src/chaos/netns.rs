@@ -156,6 +156,8 @@ impl Cluster {
         command.arg("--data-dir").arg(self.out.join("data").join(format!("n{id}")));
         command.arg("--tls-dir").arg(self.tls_dir());
         command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        // As deployed (deploy/local-cluster.sh, deploy/node.env).
+        command.env("MALLOC_MMAP_THRESHOLD_", "1048576");
         command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         // `ip netns exec` execs the server, so this pid is the server's own.
         let child = command.spawn().with_context(|| format!("starting n{id}"))?;
