@@ -145,3 +145,27 @@ fn crash(e: &crate::log::LogError) -> ! {
     eprintln!("strstore-server: fatal: durable log failed: {e}");
     std::process::abort();
 }
+
+#[cfg(test)]
+mod tests {
+    use strstore_protocol::{Action, PeerMsg, Timestamp};
+
+    use super::*;
+
+    fn commit() -> LogRecord {
+        LogRecord::Commit { id: Timestamp::new(1, 1), deps: vec![(1, 0)] }
+    }
+
+    #[test]
+    fn only_commit_records_with_nothing_to_release_may_wait() {
+        let job = |records, after_sync| LogJob { records, after_sync };
+        assert!(job(vec![commit(), commit()], vec![]).can_wait());
+        assert!(job(vec![], vec![]).can_wait());
+        let action = Action { id: Timestamp::new(2, 1), epoch: 1, oseq: 1, writes: vec![] };
+        assert!(!job(vec![commit(), LogRecord::Action(action)], vec![]).can_wait());
+        assert!(!job(vec![LogRecord::ClockBound(9)], vec![]).can_wait());
+        let ack = PeerMsg::Ack { id: Timestamp::new(1, 1), hw: 0, applied: Timestamp::default() };
+        let env = Envelope { from: 1, to: 2, epoch: 1, msg: ack };
+        assert!(!job(vec![commit()], vec![env]).can_wait(), "an ack waits for the flush");
+    }
+}

@@ -116,6 +116,9 @@ pub struct Outcome {
 pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.clients >= 5, "--clients must be at least 5");
     anyhow::ensure!(matches!(args.nodes, 3 | 5), "--nodes must be 3 or 5");
+    // Shorter runs leave no room for a fault between the calm lead-in and tail.
+    anyhow::ensure!(args.duration >= 15, "--duration must be at least 15 seconds");
+    anyhow::ensure!(args.op_timeout >= 1, "--op-timeout must be at least 1 second");
     fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
     let out = fs::canonicalize(&args.out)?;
@@ -203,7 +206,16 @@ fn run_on(
     }
     let _ = writeln!(text, "final reads: {}", final_reads.describe());
     let _ = writeln!(text, "checker: {report}");
-    let passed = report.is_ok() && settled.ok && after.ok && final_reads.ok;
+    // A run in which no client ever succeeded proves nothing, and means the cluster never
+    // served: that is a failure, not a pass.
+    let served = history
+        .ops
+        .iter()
+        .any(|op| op.client <= args.clients && matches!(op.outcome, checker::Outcome::Ok(_)));
+    if !served {
+        let _ = writeln!(text, "workload: FAILED: no client op succeeded");
+    }
+    let passed = served && report.is_ok() && settled.ok && after.ok && final_reads.ok;
     let verdict = if passed { "PASS" } else { "FAIL" };
     let _ = writeln!(text, "\nverdict: {verdict}: see {}", out.display());
     fs::write(out.join("summary.txt"), &text)?;
