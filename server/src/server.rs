@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use crate::client_conn;
 use crate::config::NodeConfig;
 use crate::health::Sampler;
-use crate::log::{LogError, LogStore, SledLog};
+use crate::log::{DiskLog, LogError, LogStore};
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{Ready, Replica, WaiterId};
 use crate::tls::{ClientAuth, TlsError, TlsState};
@@ -70,7 +70,7 @@ pub async fn run(
     let dir = cfg.data_dir.display().to_string();
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
-    let log = SledLog::open(&cfg.data_dir)
+    let log = DiskLog::open(&cfg.data_dir)
         .map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
     let restored =
         log.load().map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;

@@ -1,14 +1,15 @@
 //! The durable log: where the engine's [`LogRecord`]s go before any message that depends on
 //! them is sent.
 //!
-//! Two implementations share the [`LogStore`] trait: [`SledLog`] on disk for real nodes and
+//! Two implementations share the [`LogStore`] trait: [`DiskLog`] on disk for real nodes and
 //! [`MemLog`] for the simulation, which models a crash by dropping whatever was not synced.
 
+mod disk;
 mod memory;
-mod sled_log;
+mod wal;
 
+pub use disk::DiskLog;
 pub use memory::MemLog;
-pub use sled_log::SledLog;
 
 use crate::replica::{LogRecord, Restored};
 
@@ -17,6 +18,10 @@ use crate::replica::{LogRecord, Restored};
 pub enum LogError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("{what} {path}: {source}")]
+    Io { path: String, what: String, source: std::io::Error },
+    #[error("corrupt log segment {path} at byte {offset}: {reason}")]
+    CorruptSegment { path: String, offset: u64, reason: String },
     #[error("corrupt log record under key {key:?}: {reason}")]
     Corrupt { key: Vec<u8>, reason: String },
 }

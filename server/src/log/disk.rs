@@ -1,0 +1,306 @@
+//! The on-disk log: a write-ahead file for the hot records, sled for the rest.
+//!
+//! Actions and commit records, written for every client batch, go to the segmented
+//! write-ahead file ([`Wal`]): one `write` and one `fdatasync` per group commit. sled's `meta`
+//! tree keeps what is rare and small or must be looked up whole: the latest snapshot, the
+//! clock bound, and the view-change promise and acceptance. Values are postcard.
+//!
+//! A snapshot compacts the log: the file is cut into a new segment at every snapshot, and
+//! once the snapshot is durable the oldest segments it covers are deleted (a file unlink, not
+//! thousands of key deletions).
+//!
+//! Data directories written before the write-ahead file kept actions and commits in sled
+//! trees; opening one moves them into the file once.
+
+use std::path::Path;
+
+use strstore_protocol::{Action, Ballot, Deps, Epoch, Timestamp, ViewProposal};
+
+use super::wal::{Wal, WalRecord};
+use super::{LogError, LogStore};
+use crate::replica::{LogRecord, Restored};
+
+const CLOCK_BOUND_KEY: &[u8] = b"clock_bound";
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+const PROMISE_KEY: &[u8] = b"promise";
+const ACCEPTED_KEY: &[u8] = b"accepted";
+/// sled trees of the earlier layout, migrated at open.
+const LEGACY_TREES: [&str; 2] = ["actions", "commits"];
+
+/// The node's [`LogStore`]: `sync` is one `fdatasync` of the write-ahead file, plus a sled
+/// `flush` when a snapshot, promise, acceptance or clock bound came with the batch.
+pub struct DiskLog {
+    db: sled::Db,
+    meta: sled::Tree,
+    wal: Wal,
+    /// Something was written to `meta` since the last sync.
+    meta_dirty: bool,
+    /// A snapshot was appended: start a new segment at the next sync.
+    rotate: bool,
+    /// The point of the last snapshot appended and not yet synced; compacted up to once synced.
+    pending_compaction: Option<(Epoch, Timestamp)>,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encoding to memory")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, LogError> {
+    postcard::from_bytes(value)
+        .map_err(|e| LogError::Corrupt { key: key.to_vec(), reason: e.to_string() })
+}
+
+impl DiskLog {
+    /// Opens (or creates) the log in `dir`: sled's files at the top, segments in `dir/wal`.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let meta = db.open_tree("meta")?;
+        let wal = Wal::open(&dir.join("wal"))?;
+        let mut log =
+            Self { db, meta, wal, meta_dirty: false, rotate: false, pending_compaction: None };
+        log.migrate_legacy_trees()?;
+        Ok(log)
+    }
+
+    /// Moves actions and commits from the sled trees of the earlier layout into the file.
+    /// A crash half-way leaves them in both places: a restart reads duplicates, which the
+    /// replica skips, and migrates again.
+    fn migrate_legacy_trees(&mut self) -> Result<(), LogError> {
+        let names = self.db.tree_names();
+        let legacy: Vec<&str> =
+            LEGACY_TREES.into_iter().filter(|t| names.iter().any(|n| n == t.as_bytes())).collect();
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        let (mut actions, mut commits) = (0, 0);
+        for kv in self.db.open_tree("actions")?.iter() {
+            let (k, v) = kv?;
+            self.wal.append_action(&decode::<Action>(&k, &v)?);
+            actions += 1;
+        }
+        for kv in self.db.open_tree("commits")?.iter() {
+            let (k, v) = kv?;
+            let deps: Deps = decode(&k, &v)?;
+            self.wal.append_commit(decode_ts(&k)?, &deps);
+            commits += 1;
+        }
+        self.wal.sync()?;
+        for tree in legacy {
+            self.db.drop_tree(tree)?;
+        }
+        self.db.flush()?;
+        tracing::info!(actions, commits, "moved the log from sled trees to the write-ahead file");
+        Ok(())
+    }
+
+    /// Segment files of the write-ahead log on disk.
+    pub fn segments(&self) -> usize {
+        self.wal.segments()
+    }
+}
+
+impl LogStore for DiskLog {
+    fn append(&mut self, records: &[LogRecord]) -> Result<(), LogError> {
+        for record in records {
+            match record {
+                LogRecord::Action(a) => self.wal.append_action(a),
+                LogRecord::Commit { id, deps } => self.wal.append_commit(*id, deps),
+                LogRecord::ClockBound(b) => {
+                    self.meta.insert(CLOCK_BOUND_KEY, &b.to_be_bytes())?;
+                    self.meta_dirty = true;
+                }
+                LogRecord::Snapshot(rec) => {
+                    self.meta.insert(SNAPSHOT_KEY, encode(rec.as_ref()))?;
+                    self.meta_dirty = true;
+                    self.rotate = true;
+                    self.pending_compaction = Some((rec.snapshot.epoch, rec.snapshot.applied));
+                }
+                LogRecord::Promise { epoch, ballot } => {
+                    self.meta.insert(PROMISE_KEY, encode(&(*epoch, *ballot)))?;
+                    self.meta_dirty = true;
+                }
+                LogRecord::Accepted { ballot, proposal } => {
+                    self.meta.insert(ACCEPTED_KEY, encode(&(*ballot, proposal)))?;
+                    self.meta_dirty = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        self.wal.sync()?;
+        if std::mem::take(&mut self.meta_dirty) {
+            self.db.flush()?;
+        }
+        if std::mem::take(&mut self.rotate) {
+            self.wal.rotate()?;
+        }
+        if let Some(point) = self.pending_compaction.take() {
+            // The snapshot is durable: the segments it covers may go.
+            self.wal.compact(point)?;
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Restored, LogError> {
+        let mut restored = Restored::default();
+        for record in self.wal.read_all()? {
+            match record {
+                WalRecord::Action(a) => restored.actions.push(a),
+                WalRecord::Commit { id, deps } => restored.commits.push((id, deps)),
+            }
+        }
+        restored.actions.sort_by_key(|a| a.id);
+        if let Some(v) = self.meta.get(CLOCK_BOUND_KEY)? {
+            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| LogError::Corrupt {
+                key: CLOCK_BOUND_KEY.to_vec(),
+                reason: "clock bound is not 8 bytes".into(),
+            })?;
+            restored.clock_bound = u64::from_be_bytes(bytes);
+        }
+        if let Some(v) = self.meta.get(SNAPSHOT_KEY)? {
+            restored.snapshot = Some(decode(SNAPSHOT_KEY, &v)?);
+        }
+        if let Some(v) = self.meta.get(PROMISE_KEY)? {
+            restored.promise = Some(decode::<(Epoch, Ballot)>(PROMISE_KEY, &v)?);
+        }
+        if let Some(v) = self.meta.get(ACCEPTED_KEY)? {
+            restored.accepted = Some(decode::<(Ballot, ViewProposal)>(ACCEPTED_KEY, &v)?);
+        }
+        Ok(restored)
+    }
+}
+
+fn decode_ts(key: &[u8]) -> Result<Timestamp, LogError> {
+    if key.len() != 16 {
+        return Err(LogError::Corrupt { key: key.to_vec(), reason: "key is not 16 bytes".into() });
+    }
+    let time = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    let node = u64::from_be_bytes(key[8..].try_into().expect("8 bytes"));
+    Ok(Timestamp::new(time, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::SnapshotRecord;
+    use strstore_protocol::{Member, View, Write, WriteOp};
+
+    fn reopen(dir: &Path) -> DiskLog {
+        // sled's background flusher may hold the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match DiskLog::open(dir) {
+                Ok(log) => return log,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the log: {e}"),
+            }
+        }
+    }
+
+    fn action(time: u64, oseq: u64) -> Action {
+        Action {
+            id: Timestamp::new(time, 2),
+            epoch: 1,
+            oseq,
+            writes: vec![Write { client: 9, seq: oseq, op: WriteOp::Append("x".into()) }],
+        }
+    }
+
+    fn snapshot_at(time: u64) -> LogRecord {
+        let view = View {
+            epoch: 1,
+            master: 1,
+            members: vec![Member { id: 1, peer_addr: String::new(), client_addr: String::new() }],
+        };
+        let applied = Timestamp::new(time, 2);
+        let snapshot = crate::replica::StringState::default().to_snapshot(1, applied);
+        let rec = SnapshotRecord {
+            snapshot,
+            view,
+            received: vec![(2, time)],
+            executed: vec![],
+            next_oseq: 1,
+        };
+        LogRecord::Snapshot(Box::new(rec))
+    }
+
+    fn times(restored: &Restored) -> Vec<u64> {
+        restored.actions.iter().map(|a| a.id.time).collect()
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = DiskLog::open(dir.path()).unwrap();
+            log.append(&[
+                LogRecord::Action(action(5, 1)),
+                LogRecord::Commit { id: Timestamp::new(5, 2), deps: vec![(2, 0)] },
+                LogRecord::ClockBound(77),
+                LogRecord::Promise { epoch: 2, ballot: Ballot { round: 3, node: 1 } },
+            ])
+            .unwrap();
+            log.sync().unwrap();
+            log.append(&[LogRecord::Action(action(6, 2))]).unwrap(); // never synced
+        }
+        let restored = reopen(dir.path()).load().unwrap();
+        assert_eq!(restored.actions, vec![action(5, 1)]);
+        assert_eq!(restored.commits, vec![(Timestamp::new(5, 2), vec![(2, 0)])]);
+        assert_eq!(restored.clock_bound, 77);
+        assert_eq!(restored.promise, Some((2, Ballot { round: 3, node: 1 })));
+    }
+
+    #[test]
+    fn a_durable_snapshot_deletes_the_segments_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DiskLog::open(dir.path()).unwrap();
+        for t in 1..=10 {
+            log.append(&[LogRecord::Action(action(t, t))]).unwrap();
+        }
+        log.sync().unwrap();
+        log.append(&[snapshot_at(6)]).unwrap();
+        log.sync().unwrap();
+        // Actions 7..10 share the segment with 1..6, so it stays.
+        assert_eq!(log.segments(), 2);
+        assert_eq!(times(&log.load().unwrap()), (1..=10).collect::<Vec<_>>());
+        log.append(&[LogRecord::Action(action(11, 11)), snapshot_at(10)]).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.segments(), 2, "the first segment is gone, the one with 11 stays");
+        drop(log);
+        let restored = reopen(dir.path()).load().unwrap();
+        assert_eq!(times(&restored), vec![11]);
+        assert_eq!(
+            Some(snapshot_at(10)),
+            restored.snapshot.map(|s| LogRecord::Snapshot(Box::new(s)))
+        );
+    }
+
+    #[test]
+    fn actions_in_sled_trees_of_the_earlier_layout_are_moved_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let mut key = [0u8; 24];
+            key[..8].copy_from_slice(&1u64.to_be_bytes());
+            key[8..16].copy_from_slice(&5u64.to_be_bytes());
+            key[16..].copy_from_slice(&2u64.to_be_bytes());
+            db.open_tree("actions").unwrap().insert(key, encode(&action(5, 1))).unwrap();
+            db.open_tree("commits")
+                .unwrap()
+                .insert(&key[8..], encode(&vec![(2u64, 0u64)]))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let log = reopen(dir.path());
+        let restored = log.load().unwrap();
+        assert_eq!(restored.actions, vec![action(5, 1)]);
+        assert_eq!(restored.commits, vec![(Timestamp::new(5, 2), vec![(2, 0)])]);
+        assert!(!log.db.tree_names().iter().any(|n| n == b"actions".as_slice()));
+        drop(log);
+        assert_eq!(reopen(dir.path()).load().unwrap().actions, vec![action(5, 1)]);
+    }
+}
