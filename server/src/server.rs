@@ -36,8 +36,10 @@ pub enum Input {
     Status { reply: mpsc::UnboundedSender<ServerFrame> },
     /// `strstore-cli inspect`: this node's own replica state.
     Inspect { reply: mpsc::UnboundedSender<ServerFrame> },
-    /// A message from a peer, or an after-sync message to ourselves from the log writer.
+    /// A message from a peer.
     Peer(Envelope),
+    /// Messages the log writer released once their records were durable, in order.
+    Synced(Vec<Envelope>),
 }
 
 /// Why a node could not start or run.
@@ -134,7 +136,7 @@ pub async fn run(
         inbox_tx.clone(),
         stop_rx.clone(),
     ));
-    let writer = LogWriter::spawn(log, cfg.id, inbox_tx.clone(), peers.clone());
+    let writer = LogWriter::spawn(log, inbox_tx.clone());
     drop(inbox_tx);
 
     info!(client = %bound.client, peer = ?bound.peer, "node ready");
@@ -255,6 +257,16 @@ impl Engine {
                 self.replica.client_request(waiter, req);
             }
             Input::Peer(env) => self.replica.step(env),
+            Input::Synced(envs) => {
+                let me = self.replica.id();
+                for env in envs {
+                    if env.to == me {
+                        self.replica.step(env);
+                    } else {
+                        self.peers.send(env);
+                    }
+                }
+            }
             Input::Status { reply } => {
                 let mut report = self.replica.cluster_status();
                 report.settings = self.settings.clone();
