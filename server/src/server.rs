@@ -16,7 +16,7 @@ use crate::config::NodeConfig;
 use crate::health::Sampler;
 use crate::log::{DiskLog, LogError, LogStore};
 use crate::log_writer::{LogJob, LogWriter};
-use crate::replica::{Ready, Replica, WaiterId};
+use crate::replica::{LogRecord, Ready, Replica, WaiterId};
 use crate::tls::{ClientAuth, TlsError, TlsState};
 use crate::transport::{self, PeerSenders};
 
@@ -157,6 +157,7 @@ pub async fn run(
         waiters: HashMap::new(),
         next_waiter: 1,
         health,
+        deferred_commits: Vec::new(),
         settings,
     };
     let writer = engine.run(inbox_rx, cfg.tick, shutdown).await;
@@ -201,6 +202,8 @@ struct Engine {
     waiters: HashMap<WaiterId, mpsc::UnboundedSender<ServerFrame>>,
     next_waiter: WaiterId,
     health: Sampler,
+    /// Commit records not yet handed to the log writer.
+    deferred_commits: Vec<LogRecord>,
     /// Reported with the status.
     settings: NodeSettings,
 }
@@ -234,7 +237,10 @@ impl Engine {
                         }
                     }
                 }
-                _ = ticker.tick() => self.replica.tick(),
+                _ = ticker.tick() => {
+                    self.replica.tick();
+                    self.submit_deferred_commits();
+                }
                 _ = health.tick() => {
                     let sample = self.health.sample(self.replica.log_len());
                     self.replica.set_health(sample);
@@ -245,6 +251,7 @@ impl Engine {
             self.dispatch(ready);
         }
         info!("shutting down: no new requests; flushing the log");
+        self.submit_deferred_commits();
         self.writer
     }
 
@@ -278,6 +285,13 @@ impl Engine {
         }
     }
 
+    fn submit_deferred_commits(&mut self) {
+        if !self.deferred_commits.is_empty() {
+            let records = std::mem::take(&mut self.deferred_commits);
+            self.writer.submit(LogJob { records, after_sync: Vec::new() });
+        }
+    }
+
     fn dispatch(&mut self, ready: Ready) {
         if let Some(view) = &ready.view_changed {
             info!(
@@ -289,8 +303,14 @@ impl Engine {
             );
             self.peers.update(view);
         }
-        if !ready.log.is_empty() || !ready.after_sync.is_empty() {
-            self.writer.submit(LogJob { records: ready.log, after_sync: ready.after_sync });
+        // Clients first: nothing they are told waits on what follows.
+        for r in ready.replies {
+            match self.waiters.remove(&r.waiter) {
+                Some(tx) => {
+                    let _ = tx.send(ServerFrame::Reply(r.reply));
+                }
+                None => debug!(waiter = r.waiter, "reply for a vanished waiter"),
+            }
         }
         for env in ready.messages {
             if env.to == self.replica.id() {
@@ -299,13 +319,16 @@ impl Engine {
                 self.peers.send(env);
             }
         }
-        for r in ready.replies {
-            match self.waiters.remove(&r.waiter) {
-                Some(tx) => {
-                    let _ = tx.send(ServerFrame::Reply(r.reply));
-                }
-                None => debug!(waiter = r.waiter, "reply for a vanished waiter"),
-            }
+        let commits_only = ready.log.iter().all(|r| matches!(r, LogRecord::Commit { .. }));
+        if ready.after_sync.is_empty() && commits_only {
+            // Nothing waits on commit records (see log_writer): they ride with the next job
+            // that must be synced, or go at the next tick, instead of waking the writer
+            // thread once per action.
+            self.deferred_commits.extend(ready.log);
+        } else {
+            let mut records = std::mem::take(&mut self.deferred_commits);
+            records.extend(ready.log);
+            self.writer.submit(LogJob { records, after_sync: ready.after_sync });
         }
     }
 }
