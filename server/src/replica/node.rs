@@ -57,7 +57,8 @@ pub struct Config {
     /// Ticks of silence after which the master declares a member failed, and after which
     /// (plus a random part of the same size) members elect a new master.
     pub failure_ticks: Ticks,
-    /// Applied actions between two snapshots (which compact the log); 0 disables them.
+    /// Applied actions between two snapshots (which compact the log), at least; a large string
+    /// waits longer (see `maybe_snapshot`). 0 disables them.
     pub snapshot_every: u64,
     /// Length of a tick in milliseconds, for status reports only.
     pub tick_ms: u64,
@@ -240,6 +241,8 @@ pub struct Replica {
     /// Where `Ready::applied` starts after a restart or snapshot install.
     pub(super) replay_base: Timestamp,
     pub(super) since_snapshot: u64,
+    /// Bytes of writes applied since the last snapshot (see `maybe_snapshot`).
+    pub(super) logged_since_snapshot: u64,
     pub(super) queued_writes: Vec<Write>,
     pub(super) queued_gets: Vec<(WaiterId, ReqSeq)>,
     /// Writes queued or held here, so a retry joins the original instead of being re-sent.
@@ -310,6 +313,7 @@ impl Replica {
             applied_oseq: BTreeMap::new(),
             replay_base: Timestamp::default(),
             since_snapshot: 0,
+            logged_since_snapshot: 0,
             queued_writes: Vec::new(),
             queued_gets: Vec::new(),
             pending: HashSet::new(),
@@ -733,5 +737,39 @@ mod tests {
         let replica = Replica::new(Config::new(1, vec![1, 2, 3]), restored);
         assert_eq!(replica.value(), b"");
         assert_eq!(replica.stats().in_flight, 1);
+    }
+
+    /// Runs one request through a single-node replica, feeding its after-sync messages back
+    /// as the log writer would; returns how many snapshot records it logged.
+    fn write_alone(replica: &mut Replica, seq: u64, op: Op) -> usize {
+        replica.client_request(1, Request { client: 7, seq, op });
+        let mut snapshots = 0;
+        loop {
+            replica.propose();
+            let ready = replica.take_ready();
+            snapshots += ready.log.iter().filter(|r| matches!(r, LogRecord::Snapshot(_))).count();
+            if ready.after_sync.is_empty() {
+                return snapshots;
+            }
+            for env in ready.after_sync {
+                replica.step(env);
+            }
+        }
+    }
+
+    /// Snapshots copy the whole string: with a large string, a snapshot waits until the log
+    /// since the last one is a quarter of the string's size, however small `snapshot_every`.
+    #[test]
+    fn a_large_string_is_snapshotted_only_after_a_quarter_of_its_size_was_logged() {
+        let mut cfg = Config::new(1, vec![1]);
+        cfg.snapshot_every = 1;
+        let mut replica = Replica::new(cfg, Restored::default());
+        assert_eq!(write_alone(&mut replica, 1, Op::Set(vec![b'x'; 4096].into())), 1);
+        // Each 1-byte append logs 1 + 32 bytes; 4 * 33 * k >= 4096 + k first holds at k = 32.
+        let taken: Vec<usize> =
+            (2..=40).map(|seq| write_alone(&mut replica, seq, Op::Append("a".into()))).collect();
+        assert_eq!(replica.value().len(), 4096 + 39);
+        assert_eq!(taken.iter().sum::<usize>(), 1, "one snapshot in 39 appends: {taken:?}");
+        assert_eq!(taken.iter().position(|n| *n == 1), Some(31), "at the 32nd append");
     }
 }

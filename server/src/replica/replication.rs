@@ -7,6 +7,12 @@ use strstore_protocol::{Action, Deps, NodeId, Oseq, PeerMsg, Response, Timestamp
 use super::node::{HeldBody, InFlight, LogRecord, Replica, SnapshotRecord};
 use super::state::Applied;
 
+/// Bytes a logged write costs besides its value (ids, sequence number, framing), for the
+/// snapshot rule.
+const WRITE_LOG_OVERHEAD: u64 = 32;
+/// A snapshot waits until the log since the last one is this fraction of the string.
+const SNAPSHOT_LOG_RATIO: u64 = 4;
+
 impl Replica {
     /// Turns queued requests into actions and fences, as far as the window allows. The driver
     /// calls it after draining its inputs, so everything that arrived together shares one
@@ -229,14 +235,31 @@ impl Replica {
         self.state.seal_action(action.epoch, action.id);
         self.applied_actions += 1;
         self.since_snapshot += 1;
+        self.logged_since_snapshot += action
+            .writes
+            .iter()
+            .map(|w| w.op.value().len() as u64 + WRITE_LOG_OVERHEAD)
+            .sum::<u64>();
         self.applied_ts = action.id;
         tracing::debug!(node = self.id(), epoch = self.view.epoch, id = %action.id, oseq = action.oseq, "applied");
         self.applied_oseq.insert(action.id.node, action.oseq);
         self.ready.applied.push(action.id);
     }
 
+    /// A snapshot is due after `snapshot_every` actions, and once the log written since the
+    /// last one is at least `1 / SNAPSHOT_LOG_RATIO` of the snapshot's size: each snapshot
+    /// writes the whole string, so with a large string and small appends a fixed count would
+    /// make the snapshots, not the appends, the cost of an append (a 32 MiB string every
+    /// 10,000 16-byte appends is 200 bytes written per byte appended). The ratio bounds that
+    /// to a small constant, so the cost per operation stays flat as the string grows, at the
+    /// price of a log (and a replay at restart) of up to a quarter of the string's size.
     fn maybe_snapshot(&mut self) {
-        if self.cfg.snapshot_every > 0 && self.since_snapshot >= self.cfg.snapshot_every {
+        let every = self.cfg.snapshot_every;
+        let size = self.state.value().len() as u64;
+        if every > 0
+            && self.since_snapshot >= every
+            && self.logged_since_snapshot.saturating_mul(SNAPSHOT_LOG_RATIO) >= size
+        {
             self.write_snapshot();
         }
     }
@@ -244,6 +267,7 @@ impl Replica {
     /// Logs the applied state; the log drops everything the snapshot covers.
     pub(super) fn write_snapshot(&mut self) {
         self.since_snapshot = 0;
+        self.logged_since_snapshot = 0;
         let record = SnapshotRecord {
             snapshot: self.state.to_snapshot(self.view.epoch, self.applied_ts),
             view: self.view.clone(),
