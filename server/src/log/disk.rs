@@ -2,43 +2,46 @@
 //!
 //! Actions and commit records, written for every client batch, go to the segmented
 //! write-ahead file ([`Wal`]): one `write` and one `fdatasync` per group commit. sled's `meta`
-//! tree keeps what is rare and small or must be looked up whole: the latest snapshot, the
-//! clock bound, and the view-change promise and acceptance. Values are postcard.
+//! tree keeps the small records: the clock bound, and the view-change promise and acceptance
+//! (values are postcard). The latest snapshot has a file of its own ([`SnapshotFile`]).
 //!
 //! A snapshot compacts the log: the file is cut into a new segment at every snapshot, and
 //! once the snapshot is durable the oldest segments it covers are deleted (a file unlink, not
 //! thousands of key deletions).
 //!
-//! Data directories written before the write-ahead file kept actions and commits in sled
-//! trees; opening one moves them into the file once.
+//! Data directories written before the write-ahead file kept actions, commits and the
+//! snapshot in sled; opening one moves them out once.
 
 use std::path::Path;
 
 use strstore_protocol::{Action, Ballot, Deps, Epoch, Timestamp, ViewProposal};
 
+use super::snapshot_file::SnapshotFile;
 use super::wal::{Wal, WalRecord};
 use super::{LogError, LogStore};
 use crate::replica::{LogRecord, Restored};
 
 const CLOCK_BOUND_KEY: &[u8] = b"clock_bound";
-const SNAPSHOT_KEY: &[u8] = b"snapshot";
 const PROMISE_KEY: &[u8] = b"promise";
 const ACCEPTED_KEY: &[u8] = b"accepted";
+/// Where the earlier layout kept the snapshot in `meta`; migrated at open.
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
 /// sled trees of the earlier layout, migrated at open.
 const LEGACY_TREES: [&str; 2] = ["actions", "commits"];
 
 /// The node's [`LogStore`]: `sync` is one `fdatasync` of the write-ahead file, plus a sled
-/// `flush` when a snapshot, promise, acceptance or clock bound came with the batch.
+/// `flush` when a promise, acceptance or clock bound came with the batch, plus the snapshot
+/// file when a snapshot did.
 pub struct DiskLog {
     db: sled::Db,
     meta: sled::Tree,
     wal: Wal,
+    snapshot: SnapshotFile,
     /// Something was written to `meta` since the last sync.
     meta_dirty: bool,
-    /// A snapshot was appended: start a new segment at the next sync.
-    rotate: bool,
-    /// The point of the last snapshot appended and not yet synced; compacted up to once synced.
-    pending_compaction: Option<(Epoch, Timestamp)>,
+    /// The last snapshot appended, encoded, and its point: written at the next sync, which
+    /// then starts a new segment and deletes the segments it covers.
+    pending_snapshot: Option<(Vec<u8>, (Epoch, Timestamp))>,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -56,8 +59,8 @@ impl DiskLog {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
         let meta = db.open_tree("meta")?;
         let wal = Wal::open(&dir.join("wal"))?;
-        let mut log =
-            Self { db, meta, wal, meta_dirty: false, rotate: false, pending_compaction: None };
+        let snapshot = SnapshotFile::new(dir);
+        let mut log = Self { db, meta, wal, snapshot, meta_dirty: false, pending_snapshot: None };
         log.migrate_legacy_trees()?;
         Ok(log)
     }
@@ -66,6 +69,13 @@ impl DiskLog {
     /// A crash half-way leaves them in both places: a restart reads duplicates, which the
     /// replica skips, and migrates again.
     fn migrate_legacy_trees(&mut self) -> Result<(), LogError> {
+        if let Some(v) = self.meta.get(SNAPSHOT_KEY)? {
+            let rec: crate::replica::SnapshotRecord = decode(SNAPSHOT_KEY, &v)?;
+            self.snapshot.write(&SnapshotFile::encode(&rec))?;
+            self.meta.remove(SNAPSHOT_KEY)?;
+            self.db.flush()?;
+            tracing::info!("moved the snapshot from sled to its own file");
+        }
         let names = self.db.tree_names();
         let legacy: Vec<&str> =
             LEGACY_TREES.into_iter().filter(|t| names.iter().any(|n| n == t.as_bytes())).collect();
@@ -110,10 +120,8 @@ impl LogStore for DiskLog {
                     self.meta_dirty = true;
                 }
                 LogRecord::Snapshot(rec) => {
-                    self.meta.insert(SNAPSHOT_KEY, encode(rec.as_ref()))?;
-                    self.meta_dirty = true;
-                    self.rotate = true;
-                    self.pending_compaction = Some((rec.snapshot.epoch, rec.snapshot.applied));
+                    let point = (rec.snapshot.epoch, rec.snapshot.applied);
+                    self.pending_snapshot = Some((SnapshotFile::encode(rec), point));
                 }
                 LogRecord::Promise { epoch, ballot } => {
                     self.meta.insert(PROMISE_KEY, encode(&(*epoch, *ballot)))?;
@@ -133,11 +141,10 @@ impl LogStore for DiskLog {
         if std::mem::take(&mut self.meta_dirty) {
             self.db.flush()?;
         }
-        if std::mem::take(&mut self.rotate) {
-            self.wal.rotate()?;
-        }
-        if let Some(point) = self.pending_compaction.take() {
+        if let Some((encoded, point)) = self.pending_snapshot.take() {
+            self.snapshot.write(&encoded)?;
             // The snapshot is durable: the segments it covers may go.
+            self.wal.rotate()?;
             self.wal.compact(point)?;
         }
         Ok(())
@@ -159,9 +166,7 @@ impl LogStore for DiskLog {
             })?;
             restored.clock_bound = u64::from_be_bytes(bytes);
         }
-        if let Some(v) = self.meta.get(SNAPSHOT_KEY)? {
-            restored.snapshot = Some(decode(SNAPSHOT_KEY, &v)?);
-        }
+        restored.snapshot = self.snapshot.read()?;
         if let Some(v) = self.meta.get(PROMISE_KEY)? {
             restored.promise = Some(decode::<(Epoch, Ballot)>(PROMISE_KEY, &v)?);
         }
@@ -280,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn actions_in_sled_trees_of_the_earlier_layout_are_moved_to_the_file() {
+    fn a_log_of_the_earlier_all_sled_layout_is_moved_out_of_sled() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
@@ -293,13 +298,17 @@ mod tests {
                 .unwrap()
                 .insert(&key[8..], encode(&vec![(2u64, 0u64)]))
                 .unwrap();
+            let LogRecord::Snapshot(rec) = snapshot_at(3) else { unreachable!() };
+            db.open_tree("meta").unwrap().insert(SNAPSHOT_KEY, encode(rec.as_ref())).unwrap();
             db.flush().unwrap();
         }
         let log = reopen(dir.path());
         let restored = log.load().unwrap();
         assert_eq!(restored.actions, vec![action(5, 1)]);
         assert_eq!(restored.commits, vec![(Timestamp::new(5, 2), vec![(2, 0)])]);
+        assert_eq!(restored.snapshot.map(|s| s.snapshot.applied), Some(Timestamp::new(3, 2)));
         assert!(!log.db.tree_names().iter().any(|n| n == b"actions".as_slice()));
+        assert!(!log.meta.contains_key(SNAPSHOT_KEY).unwrap());
         drop(log);
         assert_eq!(reopen(dir.path()).load().unwrap().actions, vec![action(5, 1)]);
     }

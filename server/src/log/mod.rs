@@ -6,6 +6,7 @@
 
 mod disk;
 mod memory;
+mod snapshot_file;
 mod wal;
 
 pub use disk::DiskLog;
