@@ -82,6 +82,13 @@ bench() {
     >>"$results"
 }
 
+# What one durable write costs on this disk: every append waits for two in a row (the origin's
+# log, then the other members'), so it bounds the latency of a lone client.
+sync_us=$(dd if=/dev/zero of="$cluster_dir/sync-probe" bs=512 count=2000 oflag=dsync 2>&1 |
+  awk -F', ' '/copied/ { split($3, t, " "); printf "%.0f", t[1] / 2000 * 1e6 }')
+rm -f "$cluster_dir/sync-probe"
+echo "bench.sh: a 512-byte O_DSYNC append takes ${sync_us} us here"
+
 first=true
 for n in $nodes; do
   echo "bench.sh: $n nodes"
@@ -106,6 +113,7 @@ done
 
 machine="Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
 machine+=", $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM"
-machine+=", Linux $(uname -r); nodes and load generator on the same machine, loopback."
+machine+=", Linux $(uname -r); nodes and load generator on the same machine, loopback"
+machine+="; disk: a 512-byte O_DSYNC append takes ${sync_us} us on average (dd)."
 "$bin/strstore-bench-report" --in "$results" --out "$out" --machine "$machine"
 echo "bench.sh: wrote $out/results.md and $out/results.svg"
