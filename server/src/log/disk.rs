@@ -7,19 +7,24 @@
 //!
 //! A snapshot compacts the log: the file is cut into a new segment at every snapshot, and
 //! once the snapshot is durable the oldest segments it covers are deleted (a file unlink, not
-//! thousands of key deletions).
+//! thousands of key deletions). A snapshot of the epoch the last one was of is written by a
+//! thread of its own: nothing waits for it but the compaction (the log since the previous
+//! snapshot stays until it is durable), and writing a 10 MB string inline held up every ack
+//! of the node (p99.9 80 ms at 256 clients). A snapshot that starts an epoch holds the new
+//! view, which later acks depend on, so it is written before the sync returns.
 //!
 //! Data directories written before the write-ahead file kept actions, commits and the
 //! snapshot in sled; opening one moves them out once.
 
 use std::path::Path;
+use std::sync::{mpsc, Arc};
 
 use strstore_protocol::{Action, Ballot, Deps, Epoch, Timestamp, ViewProposal};
 
 use super::snapshot_file::SnapshotFile;
 use super::wal::{Wal, WalRecord};
 use super::{LogError, LogStore};
-use crate::replica::{LogRecord, Restored};
+use crate::replica::{LogRecord, Restored, SnapshotRecord};
 
 const CLOCK_BOUND_KEY: &[u8] = b"clock_bound";
 const PROMISE_KEY: &[u8] = b"promise";
@@ -39,9 +44,88 @@ pub struct DiskLog {
     snapshot: SnapshotFile,
     /// Something was written to `meta` since the last sync.
     meta_dirty: bool,
-    /// The last snapshot appended, encoded, and its point: written at the next sync, which
-    /// then starts a new segment and deletes the segments it covers.
-    pending_snapshot: Option<(Vec<u8>, (Epoch, Timestamp))>,
+    /// Epoch of the last snapshot appended.
+    snapshot_epoch: Epoch,
+    /// The last snapshot appended, and whether the sync must write it itself (it starts an
+    /// epoch); the next sync starts a new segment for what follows it.
+    pending_snapshot: Option<(Arc<SnapshotRecord>, bool)>,
+    background: SnapshotWriter,
+}
+
+/// What the snapshot thread reports: the point of the snapshot now durable and how many
+/// submitted snapshots that accounts for (it skips to the latest of those waiting).
+type Written = Result<((Epoch, Timestamp), usize), LogError>;
+
+/// The thread that writes snapshots of the current epoch.
+struct SnapshotWriter {
+    jobs: mpsc::Sender<Arc<SnapshotRecord>>,
+    written: mpsc::Receiver<Written>,
+    outstanding: usize,
+}
+
+impl SnapshotWriter {
+    fn spawn(file: SnapshotFile) -> Result<Self, LogError> {
+        let (jobs, rx) = mpsc::channel::<Arc<SnapshotRecord>>();
+        let (done, written) = mpsc::channel::<Written>();
+        std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                while let Ok(mut rec) = rx.recv() {
+                    let mut taken = 1;
+                    for newer in rx.try_iter() {
+                        rec = newer;
+                        taken += 1;
+                    }
+                    let point = (rec.snapshot.epoch, rec.snapshot.applied);
+                    let result = file.write(&SnapshotFile::encode(&rec)).map(|()| (point, taken));
+                    drop(rec);
+                    if done.send(result).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| LogError::Io {
+                path: "snapshot-writer".into(),
+                what: "starting thread".into(),
+                source: e,
+            })?;
+        Ok(Self { jobs, written, outstanding: 0 })
+    }
+
+    fn submit(&mut self, rec: Arc<SnapshotRecord>) {
+        if self.jobs.send(rec).is_ok() {
+            self.outstanding += 1;
+        }
+    }
+
+    /// Points of the snapshots written since the last call; with `wait`, waits until every
+    /// submitted snapshot is written.
+    fn reap(&mut self, wait: bool) -> Result<Vec<(Epoch, Timestamp)>, LogError> {
+        let mut points = Vec::new();
+        while self.outstanding > 0 {
+            let next = if wait {
+                self.written.recv().map_err(|_| Self::gone())?
+            } else {
+                match self.written.try_recv() {
+                    Ok(next) => next,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(Self::gone()),
+                }
+            };
+            let (point, taken) = next?;
+            self.outstanding -= taken;
+            points.push(point);
+        }
+        Ok(points)
+    }
+
+    fn gone() -> LogError {
+        LogError::Io {
+            path: "snapshot-writer".into(),
+            what: "waiting for".into(),
+            source: std::io::Error::other("the snapshot thread stopped"),
+        }
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -60,7 +144,18 @@ impl DiskLog {
         let meta = db.open_tree("meta")?;
         let wal = Wal::open(&dir.join("wal"))?;
         let snapshot = SnapshotFile::new(dir);
-        let mut log = Self { db, meta, wal, snapshot, meta_dirty: false, pending_snapshot: None };
+        let snapshot_epoch = snapshot.read()?.map_or(0, |rec| rec.snapshot.epoch);
+        let background = SnapshotWriter::spawn(snapshot.clone())?;
+        let mut log = Self {
+            db,
+            meta,
+            wal,
+            snapshot,
+            meta_dirty: false,
+            snapshot_epoch,
+            pending_snapshot: None,
+            background,
+        };
         log.migrate_legacy_trees()?;
         Ok(log)
     }
@@ -103,6 +198,14 @@ impl DiskLog {
         Ok(())
     }
 
+    /// Waits until every snapshot handed to the background thread is durable, and compacts.
+    pub fn wait_for_snapshots(&mut self) -> Result<(), LogError> {
+        for point in self.background.reap(true)? {
+            self.wal.compact(point)?;
+        }
+        Ok(())
+    }
+
     /// Segment files of the write-ahead log on disk.
     pub fn segments(&self) -> usize {
         self.wal.segments()
@@ -120,8 +223,12 @@ impl LogStore for DiskLog {
                     self.meta_dirty = true;
                 }
                 LogRecord::Snapshot(rec) => {
-                    let point = (rec.snapshot.epoch, rec.snapshot.applied);
-                    self.pending_snapshot = Some((SnapshotFile::encode(rec), point));
+                    let starts_epoch = rec.snapshot.epoch != self.snapshot_epoch;
+                    self.snapshot_epoch = rec.snapshot.epoch;
+                    // A later snapshot in the same batch carries the new view on.
+                    let inline =
+                        starts_epoch || self.pending_snapshot.as_ref().is_some_and(|p| p.1);
+                    self.pending_snapshot = Some((Arc::clone(rec), inline));
                 }
                 LogRecord::Promise { epoch, ballot } => {
                     self.meta.insert(PROMISE_KEY, encode(&(*epoch, *ballot)))?;
@@ -141,11 +248,20 @@ impl LogStore for DiskLog {
         if std::mem::take(&mut self.meta_dirty) {
             self.db.flush()?;
         }
-        if let Some((encoded, point)) = self.pending_snapshot.take() {
-            self.snapshot.write(&encoded)?;
-            // The snapshot is durable: the segments it covers may go.
-            self.wal.rotate()?;
+        // Snapshots the thread made durable: the segments they cover may go.
+        for point in self.background.reap(false)? {
             self.wal.compact(point)?;
+        }
+        if let Some((rec, inline)) = self.pending_snapshot.take() {
+            self.wal.rotate()?;
+            if inline {
+                // After any the thread is writing, so that the newest stays on disk.
+                self.wait_for_snapshots()?;
+                self.snapshot.write(&SnapshotFile::encode(&rec))?;
+                self.wal.compact((rec.snapshot.epoch, rec.snapshot.applied))?;
+            } else {
+                self.background.submit(rec);
+            }
         }
         Ok(())
     }
@@ -230,7 +346,7 @@ mod tests {
             executed: vec![],
             next_oseq: 1,
         };
-        LogRecord::Snapshot(Box::new(rec))
+        LogRecord::Snapshot(Arc::new(rec))
     }
 
     fn times(restored: &Restored) -> Vec<u64> {
@@ -267,21 +383,47 @@ mod tests {
             log.append(&[LogRecord::Action(action(t, t))]).unwrap();
         }
         log.sync().unwrap();
+        // The first snapshot of epoch 1 starts the epoch: written by the sync itself.
         log.append(&[snapshot_at(6)]).unwrap();
         log.sync().unwrap();
+        assert_eq!(log.snapshot.read().unwrap().map(|r| r.snapshot.applied.time), Some(6));
         // Actions 7..10 share the segment with 1..6, so it stays.
         assert_eq!(log.segments(), 2);
         assert_eq!(times(&log.load().unwrap()), (1..=10).collect::<Vec<_>>());
+        // A later one of the same epoch goes to the background thread.
         log.append(&[LogRecord::Action(action(11, 11)), snapshot_at(10)]).unwrap();
         log.sync().unwrap();
+        log.wait_for_snapshots().unwrap();
         assert_eq!(log.segments(), 2, "the first segment is gone, the one with 11 stays");
         drop(log);
         let restored = reopen(dir.path()).load().unwrap();
         assert_eq!(times(&restored), vec![11]);
         assert_eq!(
             Some(snapshot_at(10)),
-            restored.snapshot.map(|s| LogRecord::Snapshot(Box::new(s)))
+            restored.snapshot.map(|s| LogRecord::Snapshot(Arc::new(s)))
         );
+    }
+
+    #[test]
+    fn a_snapshot_that_starts_an_epoch_is_durable_when_the_sync_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DiskLog::open(dir.path()).unwrap();
+        log.append(&[snapshot_at(3)]).unwrap();
+        log.sync().unwrap();
+        log.append(&[snapshot_at(5)]).unwrap(); // same epoch: in the background
+        log.sync().unwrap();
+        let LogRecord::Snapshot(rec) = snapshot_at(8) else { unreachable!() };
+        let mut next = Arc::unwrap_or_clone(rec);
+        next.snapshot.epoch = 2;
+        log.append(&[LogRecord::Snapshot(Arc::new(next))]).unwrap();
+        log.sync().unwrap();
+        // No waiting: the sync wrote it itself (after the one in the background), so the file
+        // holds epoch 2 now and the earlier one never overwrites it.
+        assert_eq!(log.background.outstanding, 0, "nothing left to the thread");
+        let on_disk = log.snapshot.read().unwrap().unwrap();
+        assert_eq!((on_disk.snapshot.epoch, on_disk.snapshot.applied.time), (2, 8));
+        log.wait_for_snapshots().unwrap();
+        assert_eq!(log.snapshot.read().unwrap().unwrap().snapshot.epoch, 2);
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod wal;
 pub use disk::DiskLog;
 pub use memory::MemLog;
 
+use std::sync::Arc;
+
 use crate::replica::{LogRecord, Restored};
 
 /// Why the log failed. A node whose log fails stops: it must never ack what is not on disk.
@@ -45,7 +47,7 @@ pub fn restore_from(records: impl IntoIterator<Item = LogRecord>) -> Restored {
             LogRecord::Action(a) => restored.actions.push(a),
             LogRecord::Commit { id, deps } => restored.commits.push((id, deps)),
             LogRecord::ClockBound(b) => restored.clock_bound = restored.clock_bound.max(b),
-            LogRecord::Snapshot(rec) => restored.snapshot = Some(*rec),
+            LogRecord::Snapshot(rec) => restored.snapshot = Some(Arc::unwrap_or_clone(rec)),
             LogRecord::Promise { epoch, ballot } => restored.promise = Some((epoch, ballot)),
             LogRecord::Accepted { ballot, proposal } => {
                 restored.accepted = Some((ballot, proposal))

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use super::LogError;
 use crate::replica::SnapshotRecord;
 
+#[derive(Clone)]
 pub struct SnapshotFile {
     dir: PathBuf,
     path: PathBuf,

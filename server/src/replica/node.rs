@@ -98,7 +98,7 @@ impl Config {
 }
 
 /// A record for the durable log.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogRecord {
     /// An action this node created or received. Must be on disk before it is acked.
     Action(Action),
@@ -109,7 +109,7 @@ pub enum LogRecord {
     ClockBound(u64),
     /// Applied state and view; every action applied before it (and every action of an earlier
     /// epoch) may be dropped from the log.
-    Snapshot(Box<SnapshotRecord>),
+    Snapshot(std::sync::Arc<SnapshotRecord>),
     /// Promise not to accept ballots below `ballot` for the view change to `epoch`.
     Promise { epoch: Epoch, ballot: Ballot },
     /// Proposal accepted for the view change to `proposal.view.epoch`.

@@ -275,7 +275,7 @@ impl Replica {
             executed: self.executed.iter().map(|(t, d)| (*t, d.clone())).collect(),
             next_oseq: self.next_oseq,
         };
-        self.ready.log.push(LogRecord::Snapshot(Box::new(record)));
+        self.ready.log.push(LogRecord::Snapshot(std::sync::Arc::new(record)));
     }
 
     /// Re-sends unacked actions, and re-acks a head that stays uncommitted.
