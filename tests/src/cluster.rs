@@ -47,9 +47,33 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound and released; good enough on a test machine).
+/// Ports handed out for test nodes: below the kernel's ephemeral range (32768 and up on
+/// Linux), so the source port of some process's outgoing connection cannot take a port
+/// between the moment we check it and the moment the node binds it.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A free loopback address for a node to listen on. Each call in this process returns a
+/// different port (a counter through `TEST_PORTS`, starting at a place that depends on the
+/// process id so that test binaries running side by side rarely meet); a port something
+/// else already holds is skipped.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = TEST_PORTS.start + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// One node process.

@@ -4,7 +4,7 @@
 //! in a container's network namespace with `nsenter` (the image has neither tool, and needs
 //! none). Clients talk to the containers' own addresses, as the peers do.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,7 +47,10 @@ impl Cluster {
             ("CARGO_TARGET_DIR".into(), target.display().to_string()),
         ];
         for id in 1..=args.nodes {
-            env.push((format!("STRSTORE_PORT_{id}"), free_port()?.to_string()));
+            env.push((
+                format!("STRSTORE_PORT_{id}"),
+                crate::cluster::free_addr().port().to_string(),
+            ));
         }
         let mut cluster = Cluster {
             cluster_sh,
@@ -146,8 +149,4 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.teardown();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
