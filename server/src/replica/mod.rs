@@ -6,9 +6,10 @@
 //!    timestamp `(clock, id)` and a per-origin number `oseq`, logs it, and once the log write
 //!    is durable sends it to every other member (and an ack to itself).
 //! 2. **Ack.** A member moves its clock past the action, logs it, and once durable acks with
-//!    `hw`, the highest `oseq` it has originated itself.
-//! 3. **Execute.** With every member's ack the action is committed; the origin sends
-//!    `Execute { deps }` where `deps[j]` is member `j`'s `hw`.
+//!    `hw`, the highest `oseq` it has originated itself, to every member.
+//! 3. **Commit.** With every member's ack the action is committed, with `deps[j]` = member
+//!    `j`'s `hw`; each node learns it from the acks. The origin sends `Execute { deps }` only
+//!    to a member that acks again after the commit (it missed an ack).
 //! 4. **Deliver.** Each node applies the head of its hold-back queue (ordered by timestamp)
 //!    when it is committed and every member's actions up to `deps` are held.
 //! 5. **Reply.** The node where a client waits replies when it applies the client's write.

@@ -169,6 +169,9 @@ pub(super) struct Held {
     pub body: HeldBody,
     /// Known once the action committed.
     pub deps: Option<Deps>,
+    /// Another origin's action: `hw` of each member (the origin aside) whose ack reached us.
+    /// With all of them in, the action is committed and we know it without the origin.
+    pub acks: BTreeMap<NodeId, Oseq>,
     /// When this member next re-sends its ack if the entry stays uncommitted at the head.
     pub reack_at: Ticks,
     pub reack_backoff: Ticks,
@@ -229,6 +232,9 @@ pub struct Replica {
     pub(super) received: Received,
     pub(super) held: BTreeMap<Timestamp, Held>,
     pub(super) in_flight: BTreeMap<Timestamp, InFlight>,
+    /// Acks for other origins' actions that came before the action itself (another
+    /// member's ack can overtake the origin's message on its own connection).
+    pub(super) early_acks: BTreeMap<Timestamp, BTreeMap<NodeId, Oseq>>,
     /// Deps of own applied actions, kept until every member reports it applied them.
     pub(super) executed: BTreeMap<Timestamp, Deps>,
     /// Last applied timestamp each member reported in an ack.
@@ -306,6 +312,7 @@ impl Replica {
             received: Received::default(),
             held: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            early_acks: BTreeMap::new(),
             executed: BTreeMap::new(),
             peer_applied: BTreeMap::new(),
             applied_actions: 0,
@@ -428,7 +435,13 @@ impl Replica {
     }
 
     pub(super) fn new_held(&self, body: HeldBody, deps: Option<Deps>) -> Held {
-        Held { body, deps, reack_at: self.now + self.cfg.resend_ticks, reack_backoff: 1 }
+        Held {
+            body,
+            deps,
+            acks: BTreeMap::new(),
+            reack_at: self.now + self.cfg.resend_ticks,
+            reack_backoff: 1,
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -771,5 +784,68 @@ mod tests {
         assert_eq!(replica.value().len(), 4096 + 39);
         assert_eq!(taken.iter().sum::<usize>(), 1, "one snapshot in 39 appends: {taken:?}");
         assert_eq!(taken.iter().position(|n| *n == 1), Some(31), "at the 32nd append");
+    }
+    /// Runs an append at node 1 of a 3-node view with every Execute dropped; `late` picks
+    /// messages that arrive one round later, after the next round's messages. Returns the client replies and
+    /// the deps each node logged with its commit record, after checking that all three
+    /// nodes applied the append.
+    fn append_without_executes(late: fn(&Envelope) -> bool) -> (Vec<ClientReply>, Vec<Deps>) {
+        let mut nodes: Vec<Replica> = (1..=3)
+            .map(|id| Replica::new(Config::new(id, vec![1, 2, 3]), Restored::default()))
+            .collect();
+        nodes[0].client_request(9, Request { client: 7, seq: 1, op: Op::Append("ab".into()) });
+        let (mut replies, mut commits, mut delayed) = (Vec::new(), Vec::new(), Vec::new());
+        for _round in 0..10 {
+            let held_back = std::mem::take(&mut delayed);
+            let mut inbox = Vec::new();
+            for node in &mut nodes {
+                node.propose();
+                let ready = node.take_ready();
+                for record in &ready.log {
+                    if let LogRecord::Commit { deps, .. } = record {
+                        commits.push(deps.clone());
+                    }
+                }
+                replies.extend(ready.replies);
+                for env in ready.after_sync.into_iter().chain(ready.messages) {
+                    assert!(!matches!(env.msg, PeerMsg::Execute { .. }), "Execute sent: {env:?}");
+                    if late(&env) {
+                        delayed.push(env);
+                    } else {
+                        inbox.push(env);
+                    }
+                }
+            }
+            // Late messages come after everything sent in this round.
+            for env in inbox.into_iter().chain(held_back) {
+                nodes[env.to as usize - 1].step(env);
+            }
+        }
+        for node in &nodes {
+            assert_eq!(node.value(), b"ab", "n{} applied the append", node.id());
+        }
+        (replies, commits)
+    }
+
+    /// Members learn a commit from each other's acks: no Execute is sent, all three nodes
+    /// apply the append, node 1 answers its client, and every node logs the deps node 1
+    /// computed.
+    #[test]
+    fn members_learn_a_commit_from_the_acks_without_the_origins_execute() {
+        let (replies, commits) = append_without_executes(|_| false);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].waiter, 9);
+        assert_eq!(commits.len(), 3, "each node logged the commit: {commits:?}");
+        assert!(commits.iter().all(|d| *d == commits[0]), "same deps: {commits:?}");
+    }
+
+    /// Node 3's ack reaches node 2 before node 1's action does: node 2 keeps it and still
+    /// commits without an Execute.
+    #[test]
+    fn an_ack_that_overtakes_the_action_still_counts() {
+        let late = |env: &Envelope| env.to == 2 && matches!(env.msg, PeerMsg::Action(_));
+        let (replies, commits) = append_without_executes(late);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(commits.len(), 3, "each node logged the commit: {commits:?}");
     }
 }

@@ -12,6 +12,8 @@ use super::state::Applied;
 const WRITE_LOG_OVERHEAD: u64 = 32;
 /// A snapshot waits until the log since the last one is this fraction of the string.
 const SNAPSHOT_LOG_RATIO: u64 = 4;
+/// Most actions we keep early acks for (a window of each other member's actions, and more).
+const MAX_EARLY_ACKS: usize = 4096;
 
 impl Replica {
     /// Turns queued requests into actions and fences, as far as the window allows. The driver
@@ -110,11 +112,23 @@ impl Replica {
                 self.pending.insert((w.client, w.seq));
             }
             self.ready.log.push(LogRecord::Action(action.clone()));
-            self.held.insert(id, self.new_held(HeldBody::Write(action), None));
+            let mut held = self.new_held(HeldBody::Write(action), None);
+            held.acks = self.early_acks.remove(&id).unwrap_or_default();
+            self.held.insert(id, held);
             // A committed head may have been waiting for exactly this action.
             self.deliver();
+            // The first ack goes to every member, ourselves included (our own log write
+            // counts once it is durable), so each learns the commit from the acks without
+            // waiting for the origin's Execute: one hop less before others' actions deliver.
+            let ack = self.own_ack(id);
+            for to in self.members.clone() {
+                if to != from {
+                    let env = self.envelope(to, ack.clone());
+                    self.ready.after_sync.push(env);
+                }
+            }
         }
-        // New or duplicate, the ack goes out once the log holds the action.
+        // New or duplicate, the ack to the origin goes out once the log holds the action.
         let ack = self.own_ack(id);
         self.ready.after_sync.push(self.envelope(from, ack));
     }
@@ -137,7 +151,7 @@ impl Replica {
             self.forget_executed();
         }
         if id.node != self.id() {
-            return;
+            return self.count_ack(from, id, hw);
         }
         if let Some(f) = self.in_flight.get_mut(&id) {
             f.acks.entry(from).or_insert(hw);
@@ -166,15 +180,46 @@ impl Replica {
             for d in deps.iter_mut().filter(|d| d.0 == me) {
                 d.1 = a.oseq - 1;
             }
+            // The members learn the commit from each other's acks; the Execute goes only to
+            // a member that acks again (it missed an ack), see above.
             self.ready.log.push(LogRecord::Commit { id, deps: deps.clone() });
-            for to in self.others() {
-                let env = self.envelope(to, PeerMsg::Execute { id, deps: deps.clone() });
-                self.ready.messages.push(env);
-            }
             self.executed.insert(id, deps.clone());
         }
         self.held.get_mut(&id).expect("own entry is held").deps = Some(deps);
         self.deliver();
+    }
+
+    /// An ack for another origin's action. Once every member but the origin acked it (the
+    /// origin logged it before sending it), every member holds it durably: it is committed,
+    /// with the same deps the origin computes (`deps[origin] = oseq - 1`, each member's `hw`).
+    /// A member that acked twice may have sent a larger `hw` the second time; larger deps
+    /// only wait for more actions that exist, so the order is the same either way.
+    fn count_ack(&mut self, from: NodeId, id: Timestamp, hw: Oseq) {
+        if from == id.node {
+            return;
+        }
+        let Some(held) = self.held.get_mut(&id) else {
+            // Not here yet: kept until it arrives (it will, the origin re-sends until we ack)
+            // or the epoch ends. Bounded so that a confused peer cannot grow it without end.
+            if id > self.applied_ts && self.early_acks.len() < MAX_EARLY_ACKS {
+                self.early_acks.entry(id).or_default().entry(from).or_insert(hw);
+            }
+            return;
+        };
+        let HeldBody::Write(action) = &held.body else { return };
+        if held.deps.is_some() {
+            return;
+        }
+        held.acks.entry(from).or_insert(hw);
+        let acked =
+            self.members.iter().filter(|m| **m != id.node).all(|m| held.acks.contains_key(m));
+        if !acked {
+            return;
+        }
+        let mut deps: Deps = std::mem::take(&mut held.acks).into_iter().collect();
+        deps.push((id.node, action.oseq - 1));
+        deps.sort_unstable();
+        self.on_execute(id, deps);
     }
 
     pub(super) fn on_execute(&mut self, id: Timestamp, deps: Deps) {
@@ -210,6 +255,10 @@ impl Replica {
             }
             let (id, held) = entry.remove_entry();
             debug_assert!(id > self.applied_ts, "delivery out of order");
+            // Early acks of actions that were committed some other way are of no more use.
+            while self.early_acks.first_key_value().is_some_and(|(t, _)| *t <= id) {
+                self.early_acks.pop_first();
+            }
             match held.body {
                 HeldBody::Write(action) => self.apply_action(action),
                 HeldBody::Fence { gets } => {

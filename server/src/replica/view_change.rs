@@ -5,8 +5,8 @@
 //! to depose a silent master). Phase 1 (`Prepare`/`Promise`) needs a majority of the current
 //! view; a promiser persists its promise and acks no more actions of the epoch. The proposer
 //! re-proposes the highest accepted proposal it hears of, or builds its own: the new members,
-//! and every pending action resolved as committed if some promiser applied past it, saw its
-//! Execute, or if every promiser holds it (a promiser lacking it never acked it, so it cannot
+//! and every pending action resolved as committed if some promiser applied past it, knew it
+//! committed (from acks or an Execute), or if every promiser holds it (a promiser lacking it never acked it, so it cannot
 //! have committed). Phase 2 (`Accept`/`Accepted`) needs a majority too; then `Decided` goes to
 //! everyone. Installing a decision applies the committed actions of the old epoch in
 //! timestamp order, drops the rest, and starts the new epoch: the view change is a barrier.
@@ -485,6 +485,7 @@ impl Replica {
         self.in_flight.clear();
         self.received = Received::default();
         self.executed.clear();
+        self.early_acks.clear();
         self.peer_applied.clear();
         self.applied_oseq.clear();
         self.next_oseq = 1;
