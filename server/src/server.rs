@@ -38,8 +38,8 @@ pub enum Input {
     Inspect { reply: mpsc::UnboundedSender<ServerFrame> },
     /// A message from a peer.
     Peer(Envelope),
-    /// Messages the log writer released once their records were durable, in order.
-    Synced(Vec<Envelope>),
+    /// The log writer made `jobs` more jobs durable and released their messages, in order.
+    Synced { jobs: usize, messages: Vec<Envelope> },
 }
 
 /// Why a node could not start or run.
@@ -158,6 +158,7 @@ pub async fn run(
         next_waiter: 1,
         health,
         deferred_commits: Vec::new(),
+        unsynced_jobs: 0,
         settings,
     };
     let writer = engine.run(inbox_rx, cfg.tick, shutdown).await;
@@ -204,6 +205,8 @@ struct Engine {
     health: Sampler,
     /// Commit records not yet handed to the log writer.
     deferred_commits: Vec<LogRecord>,
+    /// Jobs handed to the log writer that it has not yet reported durable.
+    unsynced_jobs: usize,
     /// Reported with the status.
     settings: NodeSettings,
 }
@@ -246,9 +249,16 @@ impl Engine {
                     self.replica.set_health(sample);
                 }
             }
-            self.replica.propose();
-            let ready = self.replica.take_ready();
-            self.dispatch(ready);
+            // Messages routed to ourselves without a trip through the log writer may produce
+            // more output at once.
+            loop {
+                self.replica.propose();
+                let ready = self.replica.take_ready();
+                if ready.is_empty() {
+                    break;
+                }
+                self.dispatch(ready);
+            }
         }
         info!("shutting down: no new requests; flushing the log");
         self.submit_deferred_commits();
@@ -264,15 +274,9 @@ impl Engine {
                 self.replica.client_request(waiter, req);
             }
             Input::Peer(env) => self.replica.step(env),
-            Input::Synced(envs) => {
-                let me = self.replica.id();
-                for env in envs {
-                    if env.to == me {
-                        self.replica.step(env);
-                    } else {
-                        self.peers.send(env);
-                    }
-                }
+            Input::Synced { jobs, messages } => {
+                self.unsynced_jobs -= jobs;
+                self.route(messages);
             }
             Input::Status { reply } => {
                 let mut report = self.replica.cluster_status();
@@ -288,7 +292,24 @@ impl Engine {
     fn submit_deferred_commits(&mut self) {
         if !self.deferred_commits.is_empty() {
             let records = std::mem::take(&mut self.deferred_commits);
-            self.writer.submit(LogJob { records, after_sync: Vec::new() });
+            self.submit(LogJob { records, after_sync: Vec::new() });
+        }
+    }
+
+    fn submit(&mut self, job: LogJob) {
+        self.unsynced_jobs += 1;
+        self.writer.submit(job);
+    }
+
+    /// Sends messages whose log records are durable; those to this node are stepped at once.
+    fn route(&mut self, messages: Vec<Envelope>) {
+        let me = self.replica.id();
+        for env in messages {
+            if env.to == me {
+                self.replica.step(env);
+            } else {
+                self.peers.send(env);
+            }
         }
     }
 
@@ -320,7 +341,12 @@ impl Engine {
             }
         }
         let commits_only = ready.log.iter().all(|r| matches!(r, LogRecord::Commit { .. }));
-        if ready.after_sync.is_empty() && commits_only {
+        if ready.log.is_empty() && self.deferred_commits.is_empty() && self.unsynced_jobs == 0 {
+            // Everything logged so far is durable (commit records included), so what waits
+            // for a sync may go now: a fence's acks, the acks of a node whose log is idle.
+            // The trip through the writer thread would cost two wake-ups and gain nothing.
+            self.route(ready.after_sync);
+        } else if ready.after_sync.is_empty() && commits_only {
             // Nothing waits on commit records (see log_writer): they ride with the next job
             // that must be synced, or go at the next tick, instead of waking the writer
             // thread once per action.
@@ -328,7 +354,7 @@ impl Engine {
         } else {
             let mut records = std::mem::take(&mut self.deferred_commits);
             records.extend(ready.log);
-            self.writer.submit(LogJob { records, after_sync: ready.after_sync });
+            self.submit(LogJob { records, after_sync: ready.after_sync });
         }
     }
 }

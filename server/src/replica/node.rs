@@ -152,6 +152,18 @@ pub struct Ready {
     pub view_changed: Option<View>,
 }
 
+impl Ready {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+            && self.after_sync.is_empty()
+            && self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.applied.is_empty()
+            && self.view_changed.is_none()
+    }
+}
+
 /// What a restarting node read back from its log.
 #[derive(Clone, Debug, Default)]
 pub struct Restored {
