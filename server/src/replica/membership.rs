@@ -93,16 +93,20 @@ impl Replica {
         }
     }
 
-    /// Asks to be (re)added, at most once per heartbeat interval: to `hint` (a node known to
-    /// be in a newer view) and to every member of the view this node knows.
+    /// Asks to be (re)added, at most once per heartbeat interval: to every node seen in a
+    /// newer view (`hint` and earlier ones) and to every member of the view this node knows.
+    /// Hints are kept until this node enters a view: a node whose view's members have all
+    /// moved on or left may hear of the newer view only once (a `Prepare` from a view that
+    /// lists it, say), and that call may fall inside the interval.
     pub(super) fn ask_to_join(&mut self, hint: Option<NodeId>) {
+        self.join_hints.extend(hint);
         if self.join_sent != 0 && self.now < self.join_sent + self.cfg.heartbeat_ticks {
             return;
         }
         self.join_sent = self.now.max(1);
         let me = self.cfg.me.clone();
         let mut targets: Vec<NodeId> = self.view.ids();
-        targets.extend(hint);
+        targets.extend(self.join_hints.iter().copied());
         targets.sort_unstable();
         targets.dedup();
         let my_id = self.id();

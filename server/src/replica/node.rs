@@ -8,7 +8,7 @@
 //! The replication half lives in `replication.rs`, heartbeats and joins in `membership.rs`,
 //! the view change (single-decree Paxos per epoch) in `view_change.rs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -293,6 +293,8 @@ pub struct Replica {
     pub(super) last_decided: Option<ViewProposal>,
     /// When a node outside the view last asked to join.
     pub(super) join_sent: Ticks,
+    /// Nodes seen in a newer view since this node entered its own: asked to join as well.
+    pub(super) join_hints: BTreeSet<NodeId>,
     /// When this node entered its current view.
     pub(super) view_started: Ticks,
     /// Highest ballot round seen, so a new proposal outbids every earlier one.
@@ -352,6 +354,7 @@ impl Replica {
             proposer: None,
             last_decided: None,
             join_sent: 0,
+            join_hints: BTreeSet::new(),
             view_started: 0,
             ballot_round: 0,
             propose_after: 0,
@@ -859,5 +862,33 @@ mod tests {
         let (replies, commits) = append_without_executes(late);
         assert_eq!(replies.len(), 1);
         assert_eq!(commits.len(), 3, "each node logged the commit: {commits:?}");
+    }
+    /// Nodes that `replica` asks to join over `ticks` ticks.
+    fn join_targets(replica: &mut Replica, ticks: u64) -> BTreeSet<NodeId> {
+        let mut to = BTreeSet::new();
+        for _ in 0..ticks {
+            replica.tick();
+            let ready = replica.take_ready();
+            for env in ready.messages.iter().filter(|e| matches!(e.msg, PeerMsg::Join { .. })) {
+                to.insert(env.to);
+            }
+        }
+        to
+    }
+
+    /// A node outside its view that hears of a newer view once (a `Prepare` from node 2, at a
+    /// moment its join requests are rate-limited) keeps asking node 2 as well, not only the
+    /// members of its own stale view, who may all have left it.
+    #[test]
+    fn a_node_left_behind_keeps_asking_the_node_that_showed_it_a_newer_view() {
+        let mut cfg = Config::new(3, vec![1]);
+        cfg.heartbeat_ticks = 10;
+        let mut replica = Replica::new(cfg, Restored::default());
+        assert_eq!(join_targets(&mut replica, 11), BTreeSet::from([1]));
+        let prepare =
+            PeerMsg::Prepare { ballot: Ballot { round: 9, node: 2 }, deposes_master: false };
+        replica.step(Envelope { from: 2, to: 3, epoch: 6, msg: prepare });
+        assert!(replica.take_ready().messages.is_empty(), "rate-limited for now");
+        assert_eq!(join_targets(&mut replica, 20), BTreeSet::from([1, 2]));
     }
 }

@@ -476,6 +476,9 @@ impl Replica {
         self.state = StringState::from_snapshot(&snapshot, self.cfg.limits);
         self.applied_ts = snapshot.applied;
         self.replay_base = snapshot.applied;
+        // `Ready::applied` lists what was applied after `replay_base`; what this step applied
+        // before the install is covered by the snapshot (observers re-align on the base).
+        self.ready.applied.clear();
         self.enter_view(view);
         self.last_decided = None;
     }
@@ -486,6 +489,7 @@ impl Replica {
         self.received = Received::default();
         self.executed.clear();
         self.early_acks.clear();
+        self.join_hints.clear();
         self.peer_applied.clear();
         self.applied_oseq.clear();
         self.next_oseq = 1;
