@@ -19,8 +19,9 @@
 //! Invariants asserted here: an action never arrives after a later one was applied; entries
 //! are applied in strictly increasing timestamp order.
 //!
-//! Implementation caveats: the view is static (epoch 1) until membership lands; a node that
-//! never comes back blocks commits.
+//! Between views, `membership.rs` (heartbeats, joins) and `view_change.rs` (one Paxos decision
+//! per epoch) remove failed members and add joiners; every action of an epoch is applied or
+//! aborted before any action of the next.
 
 mod membership;
 mod node;

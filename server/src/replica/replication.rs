@@ -15,6 +15,14 @@ const SNAPSHOT_LOG_RATIO: u64 = 4;
 /// Most actions we keep early acks for (a window of each other member's actions, and more).
 const MAX_EARLY_ACKS: usize = 4096;
 
+/// The deps of a committed action, from its acks: each member's `hw`, and for the origin
+/// `oseq - 1` (every earlier action of the origin precedes this one; its own ack may carry a
+/// larger `hw`, or be missing where the acks of the others proved the commit).
+fn action_deps(mut acks: BTreeMap<NodeId, Oseq>, action: &Action) -> Deps {
+    acks.insert(action.id.node, action.oseq - 1);
+    acks.into_iter().collect()
+}
+
 impl Replica {
     /// Turns queued requests into actions and fences, as far as the window allows. The driver
     /// calls it after draining its inputs, so everything that arrived together shares one
@@ -173,13 +181,11 @@ impl Replica {
 
     pub(super) fn commit(&mut self, id: Timestamp) {
         let f = self.in_flight.remove(&id).expect("committing an action in flight");
-        let mut deps: Deps = f.acks.into_iter().collect();
-        if let PeerMsg::Action(a) = &f.msg {
-            // Our own entry: every earlier own action precedes this one.
-            let me = self.id();
-            for d in deps.iter_mut().filter(|d| d.0 == me) {
-                d.1 = a.oseq - 1;
-            }
+        let deps = match &f.msg {
+            PeerMsg::Action(a) => action_deps(f.acks, a),
+            _ => f.acks.into_iter().collect(),
+        };
+        if matches!(f.msg, PeerMsg::Action(_)) {
             // The members learn the commit from each other's acks; the Execute goes only to
             // a member that acks again (it missed an ack), see above.
             self.ready.log.push(LogRecord::Commit { id, deps: deps.clone() });
@@ -216,9 +222,7 @@ impl Replica {
         if !acked {
             return;
         }
-        let mut deps: Deps = std::mem::take(&mut held.acks).into_iter().collect();
-        deps.push((id.node, action.oseq - 1));
-        deps.sort_unstable();
+        let deps = action_deps(std::mem::take(&mut held.acks), action);
         self.on_execute(id, deps);
     }
 
