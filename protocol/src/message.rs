@@ -306,8 +306,10 @@ pub enum PeerMsg {
     /// of the state at the end of the old epoch for joiners.
     Decided { proposal: ViewProposal, snapshot: Option<Box<Snapshot>> },
     /// A node outside the current view (new, restarted, or left behind) -> any node, which
-    /// forwards it to the master: add me.
-    Join { member: Member },
+    /// forwards it to the master: add me. `fresh`: the node lost the state it may once have
+    /// acked with (it was repaired), so it must be added by a view change, never handed the
+    /// current epoch as if it had been there all along.
+    Join { member: Member, fresh: bool },
 }
 
 /// Health a member reports in its heartbeats.

@@ -45,6 +45,15 @@ pub struct NodeArgs {
     #[arg(long)]
     pub join: bool,
 
+    /// If this node's durable state is found damaged at start (a bad record inside synced
+    /// data, a missing snapshot, a gap between snapshot and log), move it aside into
+    /// <data-dir>/damaged-<unix-time>/ (nothing is deleted) and rejoin the cluster as a new
+    /// incarnation that holds nothing: the others send it the current state, and nothing it
+    /// acked before counts. Without it a damaged node refuses to start. Needs other nodes in
+    /// --peers (a single node has nobody to copy from). Harmless on undamaged data.
+    #[arg(long, env = "STRSTORE_REPAIR")]
+    pub repair: bool,
+
     /// Largest value an append or set may carry, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_value_bytes: u64,
@@ -118,6 +127,8 @@ pub struct NodeConfig {
     pub master: Option<NodeId>,
     /// Start outside the view and ask to join.
     pub join: bool,
+    /// Move damaged durable state aside and rejoin as a new incarnation.
+    pub repair: bool,
     pub limits: Limits,
     pub max_frame_bytes: usize,
     pub tick: Duration,
@@ -204,6 +215,14 @@ impl NodeArgs {
                 "--tick-ms, --window and --max-connections must be > 0".into(),
             ));
         }
+        if self.repair && peers.len() < 2 {
+            return Err(ConfigError::Invalid(
+                "--repair rebuilds a node from the other members of its cluster, and --peers \
+                 lists no other node; a single node's damaged data can only be restored from \
+                 a backup"
+                    .into(),
+            ));
+        }
         let tls = self.tls_settings(&peers)?;
         Ok(NodeConfig {
             id: self.id,
@@ -213,6 +232,7 @@ impl NodeArgs {
             data_dir: self.data_dir.clone(),
             master: self.master,
             join: self.join,
+            repair: self.repair,
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
                 max_string_bytes: self.max_string_bytes,
@@ -276,8 +296,9 @@ fn certs_command(peers: &BTreeMap<NodeId, String>) -> String {
 }
 
 impl NodeConfig {
-    /// The engine's configuration for this node.
-    pub fn replica_config(&self) -> replica::Config {
+    /// The engine's configuration for this node; `fresh_incarnation`: its durable state was
+    /// moved aside (or it never finished rejoining since), so it starts outside the view.
+    pub fn replica_config(&self, fresh_incarnation: bool) -> replica::Config {
         let mut cfg = replica::Config::new(self.id, self.peers.keys().copied().collect());
         if let Some(master) = self.master.filter(|m| self.peers.contains_key(m)) {
             cfg.initial_view.master = master;
@@ -300,7 +321,8 @@ impl NodeConfig {
         cfg.me.client_addr = self.listen.to_string();
         cfg.tick_ms = self.tick.as_millis() as u64;
         cfg.seed = rand::random();
-        if self.join {
+        cfg.fresh_incarnation = fresh_incarnation;
+        if self.join || fresh_incarnation {
             // Epoch 0 is older than any running cluster's: the first answer from a peer tells
             // this node it is behind, and it asks to be added.
             cfg.initial_view.epoch = 0;

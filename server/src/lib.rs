@@ -2,8 +2,9 @@
 //!
 //! Layout:
 //! - [`replica`]: the replication engine, a deterministic state machine (no I/O).
-//! - [`log`]: the durable log the engine's records go to (sled on disk, memory in tests), and
-//!   [`log_writer`], the thread that group-commits it.
+//! - [`log`]: the durable log the engine's records go to (a write-ahead file, a snapshot
+//!   file and sled on disk; memory in tests), and [`log_writer`], the thread that
+//!   group-commits it; [`storage`] opens a data directory and repairs a damaged one.
 //! - [`server`]: the tokio driver that owns the engine; [`client_conn`] serves clients and
 //!   [`transport`] carries peer messages over mutual TLS.
 //! - [`tls`]: TLS material, node identity in certificates, and plain-words handshake errors;
@@ -18,5 +19,6 @@ pub mod log;
 pub mod log_writer;
 pub mod replica;
 pub mod server;
+pub mod storage;
 pub mod tls;
 pub mod transport;

@@ -14,9 +14,9 @@ use tracing::{debug, error, info, warn};
 use crate::client_conn;
 use crate::config::NodeConfig;
 use crate::health::Sampler;
-use crate::log::{DiskLog, LogError, LogStore};
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{LogRecord, Ready, Replica, WaiterId};
+use crate::storage::{self, Storage, StorageError};
 use crate::tls::{ClientAuth, TlsError, TlsState};
 use crate::transport::{self, PeerSenders};
 
@@ -45,10 +45,8 @@ pub enum Input {
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
-    #[error("cannot open the log in {path}: {source} (is another strstore-server using it?)")]
-    OpenLog { path: String, source: LogError },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
@@ -70,14 +68,10 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
     let dir = cfg.data_dir.display().to_string();
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
-    let log = DiskLog::open(&cfg.data_dir)
-        .map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
-    let restored =
-        log.load().map_err(|source| ServerError::OpenLog { path: dir.clone(), source })?;
+    let Storage { log, restored, fresh_incarnation } =
+        storage::open(&cfg.data_dir, cfg.repair, cfg.peers.len() > 1)?;
     let tls = cfg.tls.clone().map(TlsState::load).transpose()?;
-    let replica = Replica::new(cfg.replica_config(), restored);
+    let replica = Replica::new(cfg.replica_config(fresh_incarnation), restored);
     let stats = replica.stats();
     info!(
         id = cfg.id,

@@ -90,6 +90,18 @@ pub struct TestNode {
 impl TestNode {
     /// Starts (or restarts) the process and waits until it accepts clients.
     pub fn start(&mut self) {
+        self.start_process();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(self.client_addr).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("n{} exited during start with {status}; log:\n{}", self.id, self.log());
+            }
+            assert!(Instant::now() < deadline, "n{} did not start listening in time", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_process(&mut self) {
         assert!(self.child.is_none(), "n{} is already running", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -104,14 +116,35 @@ impl TestNode {
             .spawn()
             .expect("spawning strstore-server");
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(self.client_addr).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("n{} exited during start with {status}; log:\n{}", self.id, self.log());
+    }
+
+    /// Starts the process and waits for it to exit by itself (a node that must refuse to
+    /// start); panics if it is still running after `timeout` or starts serving clients.
+    pub fn run_until_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.start_process();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("just started");
+            if let Some(status) = child.try_wait().expect("polling the node") {
+                self.child = None;
+                return status;
             }
-            assert!(Instant::now() < deadline, "n{} did not start listening in time", self.id);
+            if Instant::now() >= deadline || TcpStream::connect(self.client_addr).is_ok() {
+                self.kill();
+                panic!("n{} was expected to refuse to start; log:\n{}", self.id, self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Flags added to the node's command line from its next start on.
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
+    /// Flags removed from the node's command line from its next start on.
+    pub fn remove_arg(&mut self, flag: &str) {
+        self.args.retain(|a| a != flag);
     }
 
     /// `kill -9`.

@@ -29,6 +29,9 @@ use crate::replica::{LogRecord, Restored, SnapshotRecord};
 const CLOCK_BOUND_KEY: &[u8] = b"clock_bound";
 const PROMISE_KEY: &[u8] = b"promise";
 const ACCEPTED_KEY: &[u8] = b"accepted";
+/// The point of the newest snapshot the log was ever compacted to: from then on, the
+/// snapshot file is the only copy of what came before, so its absence is damage.
+const COMPACTED_TO_KEY: &[u8] = b"compacted_to";
 /// Where the earlier layout kept the snapshot in `meta`; migrated at open.
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 /// sled trees of the earlier layout, migrated at open.
@@ -201,8 +204,26 @@ impl DiskLog {
     /// Waits until every snapshot handed to the background thread is durable, and compacts.
     pub fn wait_for_snapshots(&mut self) -> Result<(), LogError> {
         for point in self.background.reap(true)? {
-            self.wal.compact(point)?;
+            self.compact(point)?;
         }
+        Ok(())
+    }
+
+    /// Drops the segments a durable snapshot at `point` covers, after recording durably that
+    /// the log no longer starts at the beginning (so that a lost snapshot file is noticed).
+    fn compact(&mut self, point: (Epoch, Timestamp)) -> Result<(), LogError> {
+        if self.wal.compactable(point) == 0 {
+            return Ok(());
+        }
+        let recorded = match self.meta.get(COMPACTED_TO_KEY)? {
+            Some(v) => Some(decode::<(Epoch, Timestamp)>(COMPACTED_TO_KEY, &v)?),
+            None => None,
+        };
+        if recorded.is_none_or(|r| r < point) {
+            self.meta.insert(COMPACTED_TO_KEY, encode(&point))?;
+            self.db.flush()?;
+        }
+        self.wal.compact(point)?;
         Ok(())
     }
 
@@ -250,7 +271,7 @@ impl LogStore for DiskLog {
         }
         // Snapshots the thread made durable: the segments they cover may go.
         for point in self.background.reap(false)? {
-            self.wal.compact(point)?;
+            self.compact(point)?;
         }
         if let Some((rec, inline)) = self.pending_snapshot.take() {
             self.wal.rotate()?;
@@ -258,7 +279,7 @@ impl LogStore for DiskLog {
                 // After any the thread is writing, so that the newest stays on disk.
                 self.wait_for_snapshots()?;
                 self.snapshot.write(&SnapshotFile::encode(&rec))?;
-                self.wal.compact((rec.snapshot.epoch, rec.snapshot.applied))?;
+                self.compact((rec.snapshot.epoch, rec.snapshot.applied))?;
             } else {
                 self.background.submit(rec);
             }
@@ -289,7 +310,50 @@ impl LogStore for DiskLog {
         if let Some(v) = self.meta.get(ACCEPTED_KEY)? {
             restored.accepted = Some(decode::<(Ballot, ViewProposal)>(ACCEPTED_KEY, &v)?);
         }
+        self.check_consistent(&restored)?;
         Ok(restored)
+    }
+}
+
+impl DiskLog {
+    /// Refuses a snapshot and log that do not fit together: a log compacted past a snapshot
+    /// that is missing or older, or actions of a later view with no snapshot at all (every
+    /// view a node enters after its first starts with a snapshot).
+    fn check_consistent(&self, restored: &Restored) -> Result<(), LogError> {
+        let snapshot = restored.snapshot.as_ref().map(|r| (r.snapshot.epoch, r.snapshot.applied));
+        let inconsistent = |reason: String| LogError::Inconsistent {
+            path: self.snapshot.path().display().to_string(),
+            reason,
+        };
+        if let Some(v) = self.meta.get(COMPACTED_TO_KEY)? {
+            let (epoch, ts) = decode::<(Epoch, Timestamp)>(COMPACTED_TO_KEY, &v)?;
+            match snapshot {
+                None => {
+                    return Err(inconsistent(format!(
+                        "the snapshot file is missing, yet the log was compacted up to a \
+                         snapshot of epoch {epoch} at {ts}: what came before is gone"
+                    )))
+                }
+                Some(s) if s < (epoch, ts) => {
+                    return Err(inconsistent(format!(
+                        "the snapshot (epoch {}, {}) is older than the one the log was \
+                         compacted to (epoch {epoch}, {ts}): a gap between snapshot and log",
+                        s.0, s.1
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        if snapshot.is_none() {
+            if let Some(a) = restored.actions.iter().find(|a| a.epoch > 1) {
+                return Err(inconsistent(format!(
+                    "the log holds action {} of epoch {}, but there is no snapshot file, \
+                     which every view after the first starts with",
+                    a.id, a.epoch
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +370,7 @@ fn decode_ts(key: &[u8]) -> Result<Timestamp, LogError> {
 mod tests {
     use super::*;
     use crate::replica::SnapshotRecord;
+    use std::fs;
     use strstore_protocol::{Member, View, Write, WriteOp};
 
     fn reopen(dir: &Path) -> DiskLog {
@@ -402,6 +467,47 @@ mod tests {
             Some(snapshot_at(10)),
             restored.snapshot.map(|s| LogRecord::Snapshot(Arc::new(s)))
         );
+    }
+
+    #[test]
+    fn a_lost_snapshot_file_is_damage_once_the_log_was_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = DiskLog::open(dir.path()).unwrap();
+            log.append(&[LogRecord::Action(action(1, 1))]).unwrap();
+            log.sync().unwrap();
+            log.append(&[snapshot_at(1)]).unwrap();
+            log.sync().unwrap();
+            log.append(&[LogRecord::Action(action(2, 2)), snapshot_at(2)]).unwrap();
+            log.sync().unwrap();
+            log.wait_for_snapshots().unwrap();
+        }
+        let saved = fs::read(dir.path().join("snapshot")).unwrap();
+        fs::remove_file(dir.path().join("snapshot")).unwrap();
+        let err = reopen(dir.path()).load().expect_err("a lost snapshot must not load");
+        assert!(err.is_damage() && err.to_string().contains("snapshot file is missing"), "{err}");
+        // An older snapshot put back in its place leaves a gap: also damage.
+        let LogRecord::Snapshot(old) = snapshot_at(1) else { unreachable!() };
+        fs::write(dir.path().join("snapshot"), SnapshotFile::encode(&old)).unwrap();
+        let err = reopen(dir.path()).load().expect_err("an older snapshot must not load");
+        assert!(err.to_string().contains("gap between snapshot and log"), "{err}");
+        fs::write(dir.path().join("snapshot"), saved).unwrap();
+        let restored = reopen(dir.path()).load().unwrap();
+        assert_eq!(restored.snapshot.map(|s| s.snapshot.applied.time), Some(2));
+    }
+
+    #[test]
+    fn actions_of_a_later_view_without_a_snapshot_are_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = DiskLog::open(dir.path()).unwrap();
+            let mut later = action(5, 1);
+            later.epoch = 3;
+            log.append(&[LogRecord::Action(later)]).unwrap();
+            log.sync().unwrap();
+        }
+        let err = reopen(dir.path()).load().expect_err("no snapshot for epoch 3");
+        assert!(err.is_damage() && err.to_string().contains("epoch 3"), "{err}");
     }
 
     #[test]

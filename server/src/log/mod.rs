@@ -27,6 +27,31 @@ pub enum LogError {
     CorruptSegment { path: String, offset: u64, reason: String },
     #[error("corrupt log record under key {key:?}: {reason}")]
     Corrupt { key: Vec<u8>, reason: String },
+    #[error("inconsistent durable state at {path}: {reason}")]
+    Inconsistent { path: String, reason: String },
+}
+
+impl LogError {
+    /// Whether the durable state itself is damaged (as opposed to the disk refusing to
+    /// serve it): a node must not serve, ack or vote from such a state.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            LogError::CorruptSegment { .. }
+                | LogError::Corrupt { .. }
+                | LogError::Inconsistent { .. }
+        )
+    }
+
+    /// Whether the disk is out of space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            LogError::Io { source, .. } => {
+                source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Where the engine's records are kept.

@@ -29,6 +29,11 @@ impl SnapshotFile {
         Self { dir: dir.to_path_buf(), path: dir.join("snapshot"), tmp: dir.join("snapshot.tmp") }
     }
 
+    /// Where the snapshot lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Encodes a snapshot for [`SnapshotFile::write`].
     pub fn encode(rec: &SnapshotRecord) -> Vec<u8> {
         let mut bytes = vec![0; 4];

@@ -13,8 +13,10 @@
 //! snapshot that is durable lets whole segments go.
 //!
 //! A crash can leave the newest segment with a torn record at its end: it was never synced,
-//! so nothing that depends on it was sent. Opening truncates it (and says so in the log);
-//! every other segment must read cleanly, or the log is reported corrupt.
+//! so nothing that depends on it was sent. Opening truncates it (and says so in the log).
+//! A bad record is taken for a torn end only when no valid record follows it in the newest
+//! segment; every other segment must read cleanly. Anything else is reported corrupt, and the
+//! node does not start from it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -95,6 +97,8 @@ struct Scan {
     file_len: u64,
     /// Why reading stopped before the end of the data, if it did.
     torn: Option<String>,
+    /// Where a valid record follows the bad one, if one does: then the bad record is damage.
+    damage: Option<u64>,
 }
 
 fn scan(path: &Path) -> Result<Scan, LogError> {
@@ -129,7 +133,32 @@ fn scan(path: &Path) -> Result<Scan, LogError> {
         }
         at += HEADER + len;
     };
-    Ok(Scan { records, valid_len: at as u64, file_len: bytes.len() as u64, torn })
+    let damage = torn.as_ref().and_then(|_| record_after(&bytes, at + 1)).map(|next| next as u64);
+    Ok(Scan { records, valid_len: at as u64, file_len: bytes.len() as u64, torn, damage })
+}
+
+/// Decodes the record that starts at `at`, if a whole valid one does.
+fn record_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let payload = bytes.get(at + HEADER..at + HEADER + len)?;
+    (crc32fast::hash(payload) == crc && postcard::from_bytes::<WalRecord>(payload).is_ok())
+        .then_some(len)
+}
+
+/// Where the first valid record at or after `from` starts, if any does.
+///
+/// A crash can only tear what follows the last synced byte, and nothing is ever written past
+/// an unsynced write until it is synced: so a valid record after a bad one proves the bad one
+/// was inside synced data, which is damage, not a torn end. (The one case where this is
+/// over-cautious: a disk that persisted a later page of the very last, unsynced write and
+/// lost an earlier one. The node then stops instead of cutting, which loses nothing.)
+fn record_after(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(HEADER)).find(|&at| record_at(bytes, at).is_some())
 }
 
 fn last_action(records: &[WalRecord]) -> Option<(Epoch, Timestamp)> {
@@ -168,6 +197,13 @@ impl Wal {
             if let Some(reason) = &scan.torn {
                 if i + 1 < seqs.len() {
                     return Err(corrupt(&path, scan.valid_len, reason.clone()));
+                }
+                if let Some(next) = scan.damage {
+                    let reason = format!(
+                        "{reason}, yet a valid record follows at byte {next}: the damage is \
+                         inside data that was synced, not a torn write"
+                    );
+                    return Err(corrupt(&path, scan.valid_len, reason));
                 }
                 // The newest segment: its end was being written when the node stopped.
                 tracing::warn!(
@@ -290,12 +326,16 @@ impl Wal {
         Ok(())
     }
 
+    /// How many segments [`Wal::compact`] would delete.
+    pub fn compactable(&self, upto: (Epoch, Timestamp)) -> usize {
+        self.sealed.iter().take_while(|s| s.last_action.is_none_or(|a| a <= upto)).count()
+    }
+
     /// Deletes the oldest sealed segments whose actions all lie at or before `upto` (a durable
     /// snapshot's point), stopping at the first that holds a later one. A commit record always
     /// follows its action, so a deleted segment never holds the commit of a kept action.
     pub fn compact(&mut self, upto: (Epoch, Timestamp)) -> Result<usize, LogError> {
-        let covered =
-            self.sealed.iter().take_while(|s| s.last_action.is_none_or(|a| a <= upto)).count();
+        let covered = self.compactable(upto);
         for s in self.sealed.drain(..covered) {
             let path = segment_path(&self.dir, s.seq);
             fs::remove_file(&path).map_err(|e| io_err(&path, "deleting", e))?;
@@ -386,6 +426,29 @@ mod tests {
         }
         let records = Wal::open(dir.path()).unwrap().read_all().unwrap();
         assert_eq!(ids(&records), vec![5, 7], "the cut segment reads cleanly after a restart");
+    }
+
+    #[test]
+    fn a_bad_record_with_a_valid_one_after_it_is_damage_not_a_torn_end() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open(dir.path()).unwrap();
+            for t in 1..=3 {
+                wal.append_action(&action(1, t, t));
+                wal.sync().unwrap();
+            }
+        }
+        // Four bytes overwritten inside the second record, as a bad sector would.
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let first = HEADER + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        bytes[first + HEADER..first + HEADER + 4].copy_from_slice(b"XXXX");
+        fs::write(&seg, &bytes).unwrap();
+        let err = Wal::open(dir.path()).err().expect("damage must not open");
+        let LogError::CorruptSegment { offset, reason, .. } = &err else { panic!("{err}") };
+        assert_eq!(*offset, first as u64, "names the damaged record");
+        assert!(reason.contains("valid record follows"), "{reason}");
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "a damaged segment is left as it is");
     }
 
     #[test]

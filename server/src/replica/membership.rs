@@ -111,12 +111,13 @@ impl Replica {
         targets.dedup();
         let my_id = self.id();
         for to in targets.into_iter().filter(|&t| t != my_id) {
-            let env = self.envelope(to, PeerMsg::Join { member: me.clone() });
+            let fresh = self.fresh_incarnation;
+            let env = self.envelope(to, PeerMsg::Join { member: me.clone(), fresh });
             self.ready.messages.push(env);
         }
     }
 
-    pub(super) fn on_join(&mut self, from: NodeId, epoch: Epoch, member: Member) {
+    pub(super) fn on_join(&mut self, from: NodeId, epoch: Epoch, member: Member, fresh: bool) {
         if from != member.id && !self.view.contains(from) {
             return; // only the node itself, or a member forwarding, may ask
         }
@@ -128,8 +129,13 @@ impl Replica {
         // action of this epoch can have committed (that needs its ack). If we applied nothing
         // in this epoch either, our state is the state at its start: hand it over. This works
         // even from a node the view left out, which is how a view whose only members are
-        // lagging gets going.
-        if self.view.contains(member.id) && member.id != self.id() && self.applied_oseq.is_empty() {
+        // lagging gets going. Not for a fresh incarnation: it may have acked actions of this
+        // epoch before it lost them, so only a view change may add it again.
+        if !fresh
+            && self.view.contains(member.id)
+            && member.id != self.id()
+            && self.applied_oseq.is_empty()
+        {
             self.send_catch_up(member.id);
             return;
         }
@@ -137,7 +143,7 @@ impl Replica {
             return;
         }
         if !self.is_master() {
-            let env = self.envelope(self.view.master, PeerMsg::Join { member });
+            let env = self.envelope(self.view.master, PeerMsg::Join { member, fresh });
             self.ready.messages.push(env);
             return;
         }

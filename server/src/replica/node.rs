@@ -64,6 +64,9 @@ pub struct Config {
     pub tick_ms: u64,
     /// Seed of the replica's randomness (election timeouts).
     pub seed: u64,
+    /// This node lost the durable state it once acked with (its data was damaged and moved
+    /// aside): it starts outside any view and must be added again by a view change.
+    pub fresh_incarnation: bool,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             snapshot_every: 10_000,
             tick_ms: 10,
             seed: id,
+            fresh_incarnation: false,
         }
     }
 
@@ -293,6 +297,8 @@ pub struct Replica {
     pub(super) last_decided: Option<ViewProposal>,
     /// When a node outside the view last asked to join.
     pub(super) join_sent: Ticks,
+    /// Until this node enters a view: it lost what it once acked (see `Config`).
+    pub(super) fresh_incarnation: bool,
     /// Nodes seen in a newer view since this node entered its own: asked to join as well.
     pub(super) join_hints: BTreeSet<NodeId>,
     /// When this node entered its current view.
@@ -313,6 +319,7 @@ impl Replica {
     pub fn new(cfg: Config, restored: Restored) -> Self {
         let view =
             restored.snapshot.as_ref().map_or_else(|| cfg.initial_view.clone(), |s| s.view.clone());
+        let fresh_incarnation = cfg.fresh_incarnation;
         let mut r = Replica {
             state: StringState::new(cfg.limits),
             rng: StdRng::seed_from_u64(cfg.seed),
@@ -354,6 +361,7 @@ impl Replica {
             proposer: None,
             last_decided: None,
             join_sent: 0,
+            fresh_incarnation,
             join_hints: BTreeSet::new(),
             view_started: 0,
             ballot_round: 0,
@@ -643,7 +651,7 @@ impl Replica {
             PeerMsg::HeartbeatAck { view, members } => {
                 self.on_heartbeat_ack(env.from, view, members)
             }
-            PeerMsg::Join { member } => self.on_join(env.from, env.epoch, member),
+            PeerMsg::Join { member, fresh } => self.on_join(env.from, env.epoch, member, fresh),
             PeerMsg::Prepare { ballot, deposes_master } => {
                 self.on_prepare(env.from, env.epoch, ballot, deposes_master)
             }
@@ -890,5 +898,21 @@ mod tests {
         replica.step(Envelope { from: 2, to: 3, epoch: 6, msg: prepare });
         assert!(replica.take_ready().messages.is_empty(), "rate-limited for now");
         assert_eq!(join_targets(&mut replica, 20), BTreeSet::from([1, 2]));
+    }
+
+    /// A member of the view that asks to join is handed the epoch's start state when nothing
+    /// was applied in the epoch yet, unless it is a fresh incarnation: it may have acked
+    /// actions of this epoch before it lost them, so only a view change may add it again.
+    #[test]
+    fn a_fresh_incarnation_is_never_handed_the_current_epoch() {
+        let member = Member { id: 3, peer_addr: String::new(), client_addr: String::new() };
+        for fresh in [false, true] {
+            let mut master = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
+            let join = PeerMsg::Join { member: member.clone(), fresh };
+            master.step(Envelope { from: 3, to: 1, epoch: 0, msg: join });
+            let ready = master.take_ready();
+            let handed = ready.messages.iter().any(|e| matches!(e.msg, PeerMsg::Decided { .. }));
+            assert_eq!(handed, !fresh, "fresh = {fresh}");
+        }
     }
 }

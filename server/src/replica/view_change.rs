@@ -496,6 +496,7 @@ impl Replica {
         self.promised = Ballot::default();
         self.accepted = None;
         self.proposer = None;
+        self.fresh_incarnation = false;
         self.clock = self.clock.max(self.applied_ts.time) + 1;
         self.bound_clock();
         info!(
