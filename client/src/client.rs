@@ -148,12 +148,18 @@ impl Client {
 
     /// Reads the whole string.
     pub async fn get(&mut self) -> Result<Bytes, ClientError> {
-        match self.execute(Op::Get).await? {
-            Response::Value(value) => Ok(value),
-            Response::Len(_) => {
-                Err(ClientError::Protocol("a get was answered with a length".into()))
-            }
-        }
+        expect_value(self.execute(Op::Get).await?)
+    }
+
+    /// Reads at most `len` bytes of the string from `offset` (fewer where it ends sooner),
+    /// at one point of the order like `get`.
+    pub async fn get_range(&mut self, offset: u64, len: u64) -> Result<Bytes, ClientError> {
+        expect_value(self.execute(Op::GetRange { offset, len }).await?)
+    }
+
+    /// The string's length, at one point of the order like `get`.
+    pub async fn string_len(&mut self) -> Result<u64, ClientError> {
+        expect_len(self.execute(Op::Len).await?)
     }
 
     /// The cluster as the master sees it, from the first node that answers (any node can:
@@ -361,7 +367,14 @@ fn expect_len(response: Response) -> Result<u64, ClientError> {
     match response {
         Response::Len(len) => Ok(len),
         Response::Value(_) => {
-            Err(ClientError::Protocol("a write was answered with a value".into()))
+            Err(ClientError::Protocol("a length was answered with a value".into()))
         }
+    }
+}
+
+fn expect_value(response: Response) -> Result<Bytes, ClientError> {
+    match response {
+        Response::Value(value) => Ok(value),
+        Response::Len(_) => Err(ClientError::Protocol("a read was answered with a length".into())),
     }
 }

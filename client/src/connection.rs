@@ -172,7 +172,9 @@ fn send_error(error: CodecError) -> ConnError {
 fn receive_error(error: CodecError) -> ConnError {
     match error {
         CodecError::FrameTooLarge { len, max } => ConnError::Protocol(format!(
-            "reply of {len} bytes exceeds max_reply_bytes ({max} bytes)"
+            "reply of {len} bytes exceeds this client's reply limit of {max} bytes \
+             (max_reply_bytes, strstore-cli --max-reply-bytes); read the string in parts with \
+             get --offset/--len, or raise the limit"
         )),
         CodecError::Malformed(why) => {
             ConnError::Protocol(format!("malformed frame from node: {why}"))

@@ -38,7 +38,7 @@ mod stream;
 pub mod tls;
 
 pub use client::Client;
-pub use config::{parse_addrs, ClientConfig, ADDR_ENV, DEFAULT_ADDR};
+pub use config::{parse_addrs, ClientConfig, ADDR_ENV, DEFAULT_ADDR, DEFAULT_MAX_REPLY_BYTES};
 pub use error::ClientError;
 pub use strstore_protocol::{self as protocol, ClientId, Op, ReqSeq, Response};
 pub use tls::{TlsArgs, TlsFiles};

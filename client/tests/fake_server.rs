@@ -135,7 +135,8 @@ fn config(addrs: &[&str], request_timeout: Duration) -> ClientConfig {
 fn len_of_value(request: &Request) -> Action {
     match &request.op {
         Op::Append(v) | Op::Set(v) => Action::Reply(Ok(Response::Len(v.len() as u64 + 40))),
-        Op::Get => Action::Reply(Ok(Response::Value("hello".into()))),
+        Op::Get | Op::GetRange { .. } => Action::Reply(Ok(Response::Value("hello".into()))),
+        Op::Len => Action::Reply(Ok(Response::Len(5))),
     }
 }
 

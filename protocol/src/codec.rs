@@ -38,16 +38,28 @@ pub enum CodecError {
 /// Length-delimited postcard codec reading `In` and writing `Out`.
 pub struct Codec<In, Out> {
     max_frame_bytes: usize,
+    max_out_bytes: usize,
     _types: PhantomData<fn(Out) -> In>,
 }
+
+/// The largest frame the 4-byte length prefix can describe.
+pub const MAX_FRAME_FORMAT_BYTES: usize = u32::MAX as usize;
 
 impl<In, Out> Codec<In, Out> {
     /// A codec that refuses frames longer than `max_frame_bytes` in both directions.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { max_frame_bytes, _types: PhantomData }
+        Self::asymmetric(max_frame_bytes, max_frame_bytes)
     }
 
-    /// The frame limit this codec enforces.
+    /// A codec that reads frames of at most `max_in` bytes and writes frames of at most
+    /// `max_out` (capped by what the length prefix can say): a node reads small requests
+    /// from strangers but may answer with a string as large as the cluster allows.
+    pub fn asymmetric(max_in: usize, max_out: usize) -> Self {
+        let max_out_bytes = max_out.min(MAX_FRAME_FORMAT_BYTES);
+        Self { max_frame_bytes: max_in, max_out_bytes, _types: PhantomData }
+    }
+
+    /// The frame limit this codec enforces on what it reads.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_frame_bytes
     }
@@ -61,7 +73,7 @@ impl<In, Out> Default for Codec<In, Out> {
 
 impl<In, Out> Clone for Codec<In, Out> {
     fn clone(&self) -> Self {
-        Self::new(self.max_frame_bytes)
+        Self::asymmetric(self.max_frame_bytes, self.max_out_bytes)
     }
 }
 
@@ -99,7 +111,7 @@ impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
     type Error = CodecError;
 
     fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-        encode_frame(&item, dst, self.max_frame_bytes)
+        encode_frame(&item, dst, self.max_out_bytes)
     }
 }
 
@@ -177,13 +189,22 @@ mod tests {
 
     fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
         prop_oneof![
-            (arb_ts(), any::<u64>(), any::<u64>(), proptest::collection::vec(arb_write(), 0..4))
-                .prop_map(|(id, epoch, oseq, writes)| PeerMsg::Action(Action {
-                    id,
-                    epoch,
-                    oseq,
-                    writes
-                })),
+            (
+                arb_ts(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_write(), 0..4),
+                any::<(u64, u64)>()
+            )
+                .prop_map(|(id, epoch, oseq, writes, (v, s))| PeerMsg::Action(
+                    Action {
+                        id,
+                        epoch,
+                        oseq,
+                        writes,
+                        limits: Limits { max_value_bytes: v, max_string_bytes: s },
+                    }
+                )),
             arb_ts().prop_map(|id| PeerMsg::Fence { id }),
             (arb_ts(), any::<u64>(), arb_ts()).prop_map(|(id, hw, applied)| PeerMsg::Ack {
                 id,

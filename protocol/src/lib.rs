@@ -22,5 +22,7 @@ pub use message::*;
 /// speaks another version is refused with [`Error::VersionMismatch`], because postcard has no
 /// self-description and a silent mismatch would decode garbage.
 ///
-/// History: 2 added the applied digest to snapshots and the `Inspect` request.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// History: 2 added the applied digest to snapshots and the `Inspect` request; 3 carries the
+/// size limits in every view and action, a content digest in `Inspect`, and `fresh` in
+/// `Join`.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -61,6 +61,19 @@ pub enum Op {
     Set(Bytes),
     /// Read the whole string at one point of the total order.
     Get,
+    /// Read at most `len` bytes from `offset` at one point of the total order (fewer, or
+    /// none, where the string ends sooner), so that a client need not move a large string to
+    /// read a part of it.
+    GetRange { offset: u64, len: u64 },
+    /// The string's length at one point of the total order; the reply is `Len`.
+    Len,
+}
+
+impl Op {
+    /// Whether the request only reads (it rides on a fence, with no log write).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Op::Get | Op::GetRange { .. } | Op::Len)
+    }
 }
 
 /// One client request. `(client, seq)` identifies it across retries for exactly-once.
@@ -141,6 +154,11 @@ pub struct ReplicaReport {
     pub applied: Timestamp,
     /// Fingerprint of every action applied since the cluster began.
     pub digest: AppliedDigest,
+    /// Hash of what the node holds now: the string and the exactly-once table. Replicas
+    /// that differ in any byte show different values.
+    pub content: u64,
+    /// The limits of the node's view.
+    pub limits: Limits,
     /// The string as this node holds it now.
     pub value: Bytes,
 }
@@ -258,6 +276,35 @@ pub struct Action {
     pub oseq: Oseq,
     /// The writes, applied in this order.
     pub writes: Vec<Write>,
+    /// The limits every replica applies the writes under: the origin's view's, so that
+    /// whether a write applies is decided by the log alone, never by a node's own flags.
+    pub limits: Limits,
+}
+
+/// Size limits that decide whether a write applies. Cluster-wide: agreed in the view and
+/// carried in every action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest value an `append` or `set` may carry.
+    pub max_value_bytes: u64,
+    /// Largest the string may grow to.
+    pub max_string_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_value_bytes: 1 << 20, max_string_bytes: 64 << 20 }
+    }
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "max value {} bytes, max string {} bytes",
+            self.max_value_bytes, self.max_string_bytes
+        )
+    }
 }
 
 /// Highest `oseq` of each member that a receiver must hold before it may apply a committed
@@ -350,6 +397,8 @@ pub struct View {
     pub master: NodeId,
     /// Sorted by id.
     pub members: Vec<Member>,
+    /// The limits origins stamp on their actions in this view: the proposer's flags.
+    pub limits: Limits,
 }
 
 impl View {
@@ -468,7 +517,10 @@ pub struct PeerHello {
     pub node: NodeId,
 }
 
-/// Frames on a peer connection.
+/// Frames on a peer connection. Nearly every frame is a `Msg`, and a frame lives only
+/// between the socket and the engine, so boxing it would buy one allocation per message
+/// and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
     Hello(PeerHello),

@@ -141,8 +141,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     inbox: mpsc::Sender<Input>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut framed =
-        Framed::new(stream, Codec::<ClientFrame, ServerFrame>::new(limits.max_frame_bytes));
+    // Requests from strangers are bounded by --max-frame-bytes; a reply holds at most the
+    // string, which the cluster's limit bounds, so it is only bounded by the frame format.
+    let codec = Codec::<ClientFrame, ServerFrame>::asymmetric(limits.max_frame_bytes, usize::MAX);
+    let mut framed = Framed::new(stream, codec);
     match framed.next().await {
         Some(Ok(ClientFrame::Hello(h))) if h.version == PROTOCOL_VERSION => {}
         Some(Ok(ClientFrame::Hello(h))) => {

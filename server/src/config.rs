@@ -210,6 +210,16 @@ impl NodeArgs {
                 self.max_frame_bytes, self.max_value_bytes
             )));
         }
+        // A snapshot travels in one peer frame and a `get` in one reply, whose length prefix
+        // is 4 bytes.
+        let max_string = strstore_protocol::codec::MAX_FRAME_FORMAT_BYTES as u64 - (1 << 20);
+        if self.max_string_bytes > max_string {
+            return Err(ConfigError::Invalid(format!(
+                "--max-string-bytes ({}) must be at most {max_string}: a snapshot travels in one \
+                 frame, whose length is a 4-byte number",
+                self.max_string_bytes
+            )));
+        }
         if self.tick_ms == 0 || self.window == 0 || self.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "--tick-ms, --window and --max-connections must be > 0".into(),
@@ -330,6 +340,7 @@ impl NodeConfig {
             cfg.initial_view.master = cfg.initial_view.members.first().map_or(self.id, |m| m.id);
         }
         cfg.limits = self.limits;
+        cfg.initial_view.limits = self.limits;
         cfg.window = self.window;
         cfg.snapshot_every = self.snapshot_every;
         // An action must fit in a frame with room for its header.

@@ -166,7 +166,13 @@ mod tests {
         let job = |records, after_sync| LogJob { records, after_sync };
         assert!(job(vec![commit(), commit()], vec![]).can_wait());
         assert!(job(vec![], vec![]).can_wait());
-        let action = Action { id: Timestamp::new(2, 1), epoch: 1, oseq: 1, writes: vec![] };
+        let action = Action {
+            id: Timestamp::new(2, 1),
+            epoch: 1,
+            oseq: 1,
+            writes: vec![],
+            limits: Default::default(),
+        };
         assert!(!job(vec![commit(), LogRecord::Action(action)], vec![]).can_wait());
         assert!(!job(vec![LogRecord::ClockBound(9)], vec![]).can_wait());
         let ack = PeerMsg::Ack { id: Timestamp::new(1, 1), hw: 0, applied: Timestamp::default() };

@@ -104,9 +104,10 @@ pub async fn run(
         peer: peer_listener.as_ref().map(|l| l.local_addr().expect("bound socket has an address")),
     };
 
-    // Peers may carry a whole snapshot in one frame; they are the cluster's own nodes.
-    let peer_frame_bytes =
-        cfg.max_frame_bytes.max(cfg.limits.max_string_bytes as usize + (1 << 20));
+    // Peers may carry a whole snapshot in one frame, as large as the cluster's string limit,
+    // which may exceed this node's own flag (the view's limits are the proposer's): they are
+    // the cluster's own nodes, authenticated by mutual TLS before any frame is read.
+    let peer_frame_bytes = strstore_protocol::codec::MAX_FRAME_FORMAT_BYTES;
     let peers =
         PeerSenders::start(cfg.id, replica.view(), peer_frame_bytes, tls.clone(), stop_rx.clone());
     if let (Some(listener), Some(tls)) = (peer_listener, &tls) {

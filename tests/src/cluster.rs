@@ -242,16 +242,26 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with extra flags for every node. Clusters of more than
     /// one node get TLS material and `--tls-dir`, as they must.
     pub fn start_with(n: usize, extra: &[&str]) -> Self {
-        Self::launch(n, n > 1, extra)
+        Self::launch(n, n > 1, extra, |_| Vec::new())
     }
 
     /// Like [`TestCluster::start_with`], with TLS material even for a single node (for
     /// `--client-tls` tests).
     pub fn start_tls(n: usize, extra: &[&str]) -> Self {
-        Self::launch(n, true, extra)
+        Self::launch(n, true, extra, |_| Vec::new())
     }
 
-    fn launch(n: usize, tls: bool, extra: &[&str]) -> Self {
+    /// Like [`TestCluster::start`], with extra flags for each node: `per_node(id)`.
+    pub fn start_each(n: usize, per_node: impl Fn(u64) -> Vec<&'static str>) -> Self {
+        Self::launch(n, n > 1, &[], per_node)
+    }
+
+    fn launch(
+        n: usize,
+        tls: bool,
+        extra: &[&str],
+        per_node: impl Fn(u64) -> Vec<&'static str>,
+    ) -> Self {
         let dir = tempfile::Builder::new().prefix("strstore-test-").tempdir().expect("temp dir");
         let ids: Vec<u64> = (1..=n as u64).collect();
         let tls_dir = tls.then(|| dir.path().join("tls"));
@@ -278,6 +288,7 @@ impl TestCluster {
                 args.extend(["--tls-dir".to_string(), tls_dir.display().to_string()]);
             }
             args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(per_node(id).into_iter().map(String::from));
             let log_file = dir.path().join(format!("n{id}.log"));
             nodes.push(TestNode {
                 id,

@@ -185,3 +185,37 @@ fn sigterm_stops_the_node_cleanly_and_keeps_data() {
     c.node(1).start();
     assert_eq!(ok_stdout(&c.cli(1, &["get"])), "kept\n");
 }
+
+/// A string longer than the 16 MiB frame limit (the default string limit is 64 MiB) can be
+/// read back whole, in parts, and by `inspect`; `len` says how long it is.
+#[test]
+fn a_string_longer_than_the_frame_limit_reads_back() {
+    let c = TestCluster::start(1);
+    let chunk = vec![b'z'; 1 << 20];
+    let total = 17usize << 20;
+    let cfg = ClientConfig::with_addrs(vec![c.nodes[0].client_addr.to_string()]);
+    runtime().block_on(async {
+        let mut client = Client::new(cfg).expect("client");
+        for _ in 0..total >> 20 {
+            client.append(chunk.clone()).await.expect("append");
+        }
+        client.append("<end>").await.expect("append");
+    });
+    let total = total + 5;
+    let got = c.cli(1, &["get"]);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(got.stdout.len(), total + 1);
+    assert!(got.stdout.ends_with(b"<end>\n"));
+    assert_eq!(ok_stdout(&c.cli(1, &["len"])), format!("{total}\n"));
+    let offset = (total - 7).to_string();
+    assert_eq!(ok_stdout(&c.cli(1, &["get", "--offset", &offset, "--len", "4"])), "zz<e\n");
+    assert_eq!(ok_stdout(&c.cli(1, &["get", "--offset", &offset])), "zz<end>\n");
+    assert_eq!(ok_stdout(&c.cli(1, &["get", "--offset", "999999999"])), "\n");
+    let inspect = c.cli(1, &["inspect", "--json"]);
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    // A client that keeps a smaller reply limit is told how to read the string instead.
+    let small = c.cli(1, &["--max-reply-bytes", "1048576", "get"]);
+    assert!(!small.status.success());
+    let err = String::from_utf8_lossy(&small.stderr);
+    assert!(err.contains("--offset"), "{err}");
+}

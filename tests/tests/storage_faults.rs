@@ -161,3 +161,29 @@ fn a_damaged_member_refuses_to_start_then_repairs_itself_from_the_others() {
     let nodes = converged(&c, Duration::from_secs(120));
     assert_eq!(nodes[2]["value"].as_str(), Some(written.as_str()));
 }
+
+/// Row 3 of the issue: n1 (the first master) runs with `--max-string-bytes 100`, n2 and n3
+/// with the default. Whatever node a write goes through, every replica makes the same
+/// decision, under the cluster's limit (the master's), and says so in its log.
+#[test]
+fn replicas_with_different_limit_flags_apply_the_same_writes() {
+    let c = TestCluster::start_each(3, |id| match id {
+        1 => vec!["--max-string-bytes", "100"],
+        _ => vec![],
+    });
+    for id in [2, 3] {
+        let seen =
+            c.nodes[id - 1].wait_for_log("differ from the cluster's", Duration::from_secs(60));
+        assert!(seen, "n{id} warns that its flags differ\n{}", c.logs());
+    }
+    let value = "x".repeat(50);
+    let results: Vec<bool> =
+        (0..6).map(|i| c.cli(1 + i % 3, &["append", &value]).status.success()).collect();
+    assert_eq!(results, [true, true, false, false, false, false], "{}", c.logs());
+    let nodes = converged(&c, Duration::from_secs(60));
+    for n in &nodes {
+        assert_eq!(n["len"], 100, "{nodes:#?}");
+        assert_eq!(n["content"], nodes[0]["content"], "{nodes:#?}");
+        assert_eq!(n["limits"]["max_string_bytes"], 100, "{nodes:#?}");
+    }
+}

@@ -65,6 +65,18 @@ struct Cli {
     )]
     timeout: Duration,
 
+    /// Largest reply accepted from a node, in bytes: a `get` of a string longer than this
+    /// fails (read it in parts with `get --offset --len`). Raise it for nodes run with a
+    /// larger --max-string-bytes.
+    #[arg(
+        long,
+        global = true,
+        env = "STRSTORE_MAX_REPLY_BYTES",
+        default_value_t = strstore_client::DEFAULT_MAX_REPLY_BYTES,
+        value_name = "BYTES"
+    )]
+    max_reply_bytes: usize,
+
     #[command(flatten)]
     tls: TlsArgs,
 
@@ -85,8 +97,18 @@ enum Command {
         /// The new string, or `-` to read it from standard input.
         value: OsString,
     },
-    /// Print the whole string, followed by one newline.
-    Get,
+    /// Print the whole string, followed by one newline; with --offset/--len only that part.
+    /// Either way the read takes effect at one point of the order.
+    Get {
+        /// First byte to print (0 is the start); past the end, nothing is printed.
+        #[arg(long, value_name = "N")]
+        offset: Option<u64>,
+        /// Most bytes to print (default: up to the end).
+        #[arg(long, value_name = "M")]
+        len: Option<u64>,
+    },
+    /// Print the string's length.
+    Len,
     /// Print the cluster as the master sees it: epoch, master, and per member its state,
     /// addresses, seconds since its last heartbeat and its health.
     Status {
@@ -133,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ClientConfig {
         addrs: cli.addr.0,
         request_timeout: cli.timeout,
+        max_reply_bytes: cli.max_reply_bytes,
         tls: cli.tls.files()?,
         ..Default::default()
     };
@@ -150,11 +173,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let len = client.set(read_value(value, max_value_bytes)?).await?;
             format!("{len}\n").into_bytes()
         }
-        Command::Get => {
+        Command::Get { offset: None, len: None } => {
             let mut value = Vec::from(client.get().await?);
             value.push(b'\n');
             value
         }
+        Command::Get { offset, len } => {
+            let range = client.get_range(offset.unwrap_or(0), len.unwrap_or(u64::MAX));
+            let mut value = Vec::from(range.await?);
+            value.push(b'\n');
+            value
+        }
+        Command::Len => format!("{}\n", client.string_len().await?).into_bytes(),
         Command::Status { json: true } => {
             let report = client.status().await?;
             format!("{}\n", serde_json::to_string_pretty(&report)?).into_bytes()
@@ -184,6 +214,7 @@ async fn inspect_all(config: ClientConfig, json: bool) -> anyhow::Result<()> {
                     "addr": addr, "node": r.node, "epoch": r.epoch, "master": r.master,
                     "members": r.members, "member": r.member, "frozen": r.frozen,
                     "applied": r.applied, "digest": r.digest,
+                    "content": format!("{:016x}", r.content), "limits": r.limits,
                     "len": r.value.len(), "value": String::from_utf8_lossy(&r.value),
                 })
             })
@@ -199,13 +230,23 @@ async fn inspect_all(config: ClientConfig, json: bool) -> anyhow::Result<()> {
     }
 }
 
-/// One line per node; a digest that differs between nodes at the same action count is a
-/// divergence worth reporting.
+/// One line per node; a digest (which actions were applied) or a content hash (the string
+/// and exactly-once table they made) that differs between nodes at the same action count is
+/// a divergence worth reporting.
 fn inspect_table(reports: &[(String, strstore_client::protocol::ReplicaReport)]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<22} {:<5} {:>6} {:<7} {:<8} {:<14} {:>10} {:<16} {:>10}\n",
-        "ADDR", "NODE", "EPOCH", "MASTER", "MEMBER", "APPLIED", "ACTIONS", "DIGEST", "LENGTH"
+        "{:<22} {:<5} {:>6} {:<7} {:<8} {:<14} {:>10} {:<16} {:<16} {:>10}\n",
+        "ADDR",
+        "NODE",
+        "EPOCH",
+        "MASTER",
+        "MEMBER",
+        "APPLIED",
+        "ACTIONS",
+        "DIGEST",
+        "CONTENT",
+        "LENGTH"
     );
     for (addr, r) in reports {
         let member = match (r.member, r.frozen) {
@@ -215,7 +256,7 @@ fn inspect_table(reports: &[(String, strstore_client::protocol::ReplicaReport)])
         };
         let _ = writeln!(
             out,
-            "{:<22} {:<5} {:>6} {:<7} {:<8} {:<14} {:>10} {:016x} {:>10}",
+            "{:<22} {:<5} {:>6} {:<7} {:<8} {:<14} {:>10} {:016x} {:016x} {:>10}",
             addr,
             format!("n{}", r.node),
             r.epoch,
@@ -224,6 +265,7 @@ fn inspect_table(reports: &[(String, strstore_client::protocol::ReplicaReport)])
             r.applied.to_string(),
             r.digest.actions,
             r.digest.hash,
+            r.content,
             r.value.len(),
         );
     }

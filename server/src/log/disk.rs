@@ -393,6 +393,7 @@ mod tests {
             epoch: 1,
             oseq,
             writes: vec![Write { client: 9, seq: oseq, op: WriteOp::Append("x".into()) }],
+            limits: Default::default(),
         }
     }
 
@@ -401,6 +402,7 @@ mod tests {
             epoch: 1,
             master: 1,
             members: vec![Member { id: 1, peer_addr: String::new(), client_addr: String::new() }],
+            limits: Default::default(),
         };
         let applied = Timestamp::new(time, 2);
         let snapshot = crate::replica::StringState::default().to_snapshot(1, applied);

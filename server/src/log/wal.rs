@@ -371,6 +371,7 @@ mod tests {
             epoch,
             oseq,
             writes: vec![ClientWrite { client: 9, seq: oseq, op: WriteOp::Append("xy".into()) }],
+            limits: Default::default(),
         }
     }
 

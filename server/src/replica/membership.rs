@@ -80,6 +80,12 @@ impl Replica {
         if view.epoch == self.view.epoch && from == self.view.master {
             self.master_heard = self.now;
             self.master_table = members;
+            if view.limits != self.view.limits {
+                // Only the first view is not agreed by a view change: each node built it
+                // from its own flags, and the master's count.
+                self.view.limits = view.limits;
+                self.warn_if_flags_differ();
+            }
         } else if view.epoch > self.view.epoch + 1
             || (view.epoch > self.view.epoch && !view.contains(self.id()))
         {

@@ -39,7 +39,9 @@ pub struct Config {
     pub me: Member,
     /// The view to start in when the log holds none.
     pub initial_view: View,
-    /// Value and string size limits.
+    /// This node's own size-limit flags. They are not what decides whether a write applies
+    /// (each action carries its view's limits): they go into the views this node proposes,
+    /// and into its first view until the master's answer says otherwise.
     pub limits: Limits,
     /// Most own actions and fences awaiting commit at once. Keeps many round trips in flight
     /// without letting one node flood the others' logs.
@@ -80,7 +82,12 @@ impl Config {
         let master = ids.first().copied().unwrap_or(id);
         Self {
             me: member(id),
-            initial_view: View { epoch: 1, master, members: ids.into_iter().map(member).collect() },
+            initial_view: View {
+                epoch: 1,
+                master,
+                members: ids.into_iter().map(member).collect(),
+                limits: Limits::default(),
+            },
             limits: Limits::default(),
             window: 64,
             max_action_bytes: 4 << 20,
@@ -198,7 +205,7 @@ pub(super) enum HeldBody {
     Write(Action),
     /// A read-only ordering point, held only at its origin.
     Fence {
-        gets: Vec<(WaiterId, ReqSeq)>,
+        gets: Vec<(WaiterId, ReqSeq, Op)>,
     },
 }
 
@@ -266,7 +273,8 @@ pub struct Replica {
     /// Bytes of writes applied since the last snapshot (see `maybe_snapshot`).
     pub(super) logged_since_snapshot: u64,
     pub(super) queued_writes: Vec<Write>,
-    pub(super) queued_gets: Vec<(WaiterId, ReqSeq)>,
+    /// Reads waiting for the next fence, with what each reads.
+    pub(super) queued_gets: Vec<(WaiterId, ReqSeq, Op)>,
     /// Writes queued or held here, so a retry joins the original instead of being re-sent.
     pub(super) pending: HashSet<(ClientId, ReqSeq)>,
     pub(super) waiters: HashMap<(ClientId, ReqSeq), Vec<WaiterId>>,
@@ -321,7 +329,7 @@ impl Replica {
             restored.snapshot.as_ref().map_or_else(|| cfg.initial_view.clone(), |s| s.view.clone());
         let fresh_incarnation = cfg.fresh_incarnation;
         let mut r = Replica {
-            state: StringState::new(cfg.limits),
+            state: StringState::default(),
             rng: StdRng::seed_from_u64(cfg.seed),
             members: view.ids(),
             view,
@@ -372,6 +380,7 @@ impl Replica {
         };
         r.restore(restored);
         r.reset_election_timer();
+        r.warn_if_flags_differ();
         r
     }
 
@@ -379,7 +388,7 @@ impl Replica {
         self.clock = restored.clock_bound;
         self.clock_bound = restored.clock_bound;
         if let Some(rec) = restored.snapshot {
-            self.state = StringState::from_snapshot(&rec.snapshot, self.cfg.limits);
+            self.state = StringState::from_snapshot(&rec.snapshot);
             self.applied_ts = rec.snapshot.applied;
             self.clock = self.clock.max(rec.snapshot.applied.time);
             for (origin, oseq) in rec.received {
@@ -455,6 +464,21 @@ impl Replica {
         }
         let held = self.new_held(HeldBody::Write(action.clone()), deps);
         self.held.insert(action.id, held);
+    }
+
+    /// The view's limits are the cluster's; a node started with other flags follows them,
+    /// and says so, since an operator who set a flag expects it to hold.
+    pub(super) fn warn_if_flags_differ(&self) {
+        if self.view.limits != self.cfg.limits {
+            tracing::warn!(
+                node = self.id(),
+                epoch = self.view.epoch,
+                cluster = %self.view.limits,
+                flags = %self.cfg.limits,
+                "this node's --max-value-bytes/--max-string-bytes differ from the cluster's \
+                 limits; following the cluster's (see docs/protocol.md, \"Limits\")"
+            );
+        }
     }
 
     pub(super) fn new_held(&self, body: HeldBody, deps: Option<Deps>) -> Held {
@@ -538,15 +562,15 @@ impl Replica {
             return self.reply(waiter, req.seq, Err(err));
         }
         let op = match req.op {
-            Op::Get => {
-                self.queued_gets.push((waiter, req.seq));
+            read @ (Op::Get | Op::GetRange { .. } | Op::Len) => {
+                self.queued_gets.push((waiter, req.seq, read));
                 return;
             }
             Op::Append(v) => WriteOp::Append(v),
             Op::Set(v) => WriteOp::Set(v),
         };
         let size = op.value().len() as u64;
-        let max = self.cfg.limits.max_value_bytes;
+        let max = self.view.limits.max_value_bytes;
         if size > max {
             return self.reply(waiter, req.seq, Err(Error::ValueTooLarge { size, max }));
         }
@@ -601,7 +625,7 @@ impl Replica {
     /// Answers every waiting client with `err` (the node left the view).
     pub(super) fn fail_waiters(&mut self, err: Error) {
         let gets = std::mem::take(&mut self.queued_gets);
-        for (waiter, seq) in gets {
+        for (waiter, seq, _) in gets {
             self.reply(waiter, seq, Err(err.clone()));
         }
         let waiters: Vec<_> = self.waiters.drain().collect();
@@ -730,6 +754,8 @@ impl Replica {
             frozen: self.stats().frozen,
             applied: self.applied_ts,
             digest: self.state.digest(),
+            content: self.state.content_digest(),
+            limits: self.view.limits,
             value: self.state.snapshot_value(),
         }
     }
@@ -752,6 +778,7 @@ mod tests {
             epoch: 1,
             oseq: 1,
             writes: vec![Write { client: 7, seq: 1, op: WriteOp::Append("a".into()) }],
+            limits: Default::default(),
         };
         Restored { actions: vec![action], clock_bound: 10, ..Restored::default() }
     }
@@ -898,6 +925,42 @@ mod tests {
         replica.step(Envelope { from: 2, to: 3, epoch: 6, msg: prepare });
         assert!(replica.take_ready().messages.is_empty(), "rate-limited for now");
         assert_eq!(join_targets(&mut replica, 20), BTreeSet::from([1, 2]));
+    }
+
+    proptest::proptest! {
+        /// Apply is a pure function of the log: two replicas started with any different
+        /// local limits replay the same actions to the same bytes, table and digests.
+        #[test]
+        fn replicas_with_different_flags_apply_the_same_log_alike(
+            writes in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..40), proptest::bool::ANY,
+                 0u64..30, 0u64..200),
+                1..40),
+            (v1, s1, v2, s2) in (0u64..50, 0u64..300, 0u64..50, 0u64..300),
+        ) {
+            let mut restored = Restored::default();
+            for (i, (value, append, max_value, max_string)) in writes.into_iter().enumerate() {
+                let oseq = i as u64 + 1;
+                let op = if append { WriteOp::Append(value.into()) } else { WriteOp::Set(value.into()) };
+                let limits = Limits { max_value_bytes: max_value, max_string_bytes: max_string };
+                let id = Timestamp::new(oseq, 1);
+                let writes = vec![Write { client: 7, seq: oseq, op }];
+                restored.actions.push(Action { id, epoch: 1, oseq, writes, limits });
+                restored.commits.push((id, vec![(1, oseq - 1)]));
+            }
+            let replica = |max_value_bytes, max_string_bytes| {
+                let mut cfg = Config::new(1, vec![1]);
+                cfg.limits = Limits { max_value_bytes, max_string_bytes };
+                cfg.initial_view.limits = cfg.limits;
+                Replica::new(cfg, restored.clone())
+            };
+            let (a, b) = (replica(v1, s1), replica(v2, s2));
+            proptest::prop_assert_eq!(a.value(), b.value());
+            proptest::prop_assert_eq!(a.digest(), b.digest());
+            proptest::prop_assert_eq!(
+                a.replica_report().content, b.replica_report().content
+            );
+        }
     }
 
     /// A member of the view that asks to join is handed the epoch's start state when nothing

@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use strstore_protocol::{Action, Deps, NodeId, Oseq, PeerMsg, Response, Timestamp, Write};
+use bytes::Bytes;
+use strstore_protocol::{
+    Action, Deps, NodeId, Op, Oseq, PeerMsg, ReqSeq, Response, Timestamp, Write,
+};
 
-use super::node::{HeldBody, InFlight, LogRecord, Replica, SnapshotRecord};
+use super::node::{HeldBody, InFlight, LogRecord, Replica, SnapshotRecord, WaiterId};
 use super::state::Applied;
 
 /// Bytes a logged write costs besides its value (ids, sequence number, framing), for the
@@ -57,7 +60,7 @@ impl Replica {
         let oseq = self.next_oseq;
         self.next_oseq += 1;
         self.received.insert(self.id(), oseq);
-        let action = Action { id, epoch: self.view.epoch, oseq, writes };
+        let action = Action { id, epoch: self.view.epoch, oseq, writes, limits: self.view.limits };
         tracing::debug!(node = self.id(), id = %id, oseq, "created action");
         self.ready.log.push(LogRecord::Action(action.clone()));
         self.start_in_flight(id, PeerMsg::Action(action.clone()));
@@ -265,20 +268,36 @@ impl Replica {
             }
             match held.body {
                 HeldBody::Write(action) => self.apply_action(action),
-                HeldBody::Fence { gets } => {
-                    let value = self.state.snapshot_value();
-                    for (waiter, seq) in gets {
-                        self.reply(waiter, seq, Ok(Response::Value(value.clone())));
-                    }
-                }
+                HeldBody::Fence { gets } => self.answer_reads(gets),
             }
         }
         self.maybe_snapshot();
     }
 
+    /// Answers the reads of a fence at its place in the order. The whole string is copied
+    /// once for all the `get`s of the fence; ranges copy only their part.
+    fn answer_reads(&mut self, gets: Vec<(WaiterId, ReqSeq, Op)>) {
+        let mut whole: Option<Bytes> = None;
+        for (waiter, seq, read) in gets {
+            let value = self.state.value();
+            let response = match read {
+                Op::Len => Response::Len(value.len() as u64),
+                Op::GetRange { offset, len } => {
+                    let start = offset.min(value.len() as u64) as usize;
+                    let end = offset.saturating_add(len).min(value.len() as u64) as usize;
+                    Response::Value(Bytes::copy_from_slice(&value[start..end]))
+                }
+                _ => Response::Value(
+                    whole.get_or_insert_with(|| self.state.snapshot_value()).clone(),
+                ),
+            };
+            self.reply(waiter, seq, Ok(response));
+        }
+    }
+
     pub(super) fn apply_action(&mut self, action: Action) {
         for w in &action.writes {
-            let applied: Applied = self.state.apply(w);
+            let applied: Applied = self.state.apply(w, &action.limits);
             let key = (w.client, w.seq);
             self.pending.remove(&key);
             for waiter in self.waiters.remove(&key).unwrap_or_default() {

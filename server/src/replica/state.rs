@@ -19,20 +19,7 @@ pub const CLIENT_EXPIRY_WRITES: u64 = 10_000_000;
 /// How often (in applied writes) expired clients are swept.
 const SWEEP_EVERY_WRITES: u64 = 65_536;
 
-/// Size limits that hold on every node alike.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Largest value an `append` or `set` may carry.
-    pub max_value_bytes: u64,
-    /// Largest the string may grow to.
-    pub max_string_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { max_value_bytes: 1 << 20, max_string_bytes: 64 << 20 }
-    }
-}
+pub use strstore_protocol::Limits;
 
 /// What a write returned: the new length, or why nothing changed.
 pub type WriteResult = Result<u64, Error>;
@@ -77,14 +64,9 @@ pub struct StringState {
     /// Which actions built this state, in order; compared across replicas by operators and
     /// the chaos test.
     digest: AppliedDigest,
-    limits: Limits,
 }
 
 impl StringState {
-    pub fn new(limits: Limits) -> Self {
-        Self { limits, ..Self::default() }
-    }
-
     /// The current string.
     pub fn value(&self) -> &[u8] {
         &self.value
@@ -93,10 +75,6 @@ impl StringState {
     /// A copy of the current string, for a `get` reply.
     pub fn snapshot_value(&self) -> Bytes {
         Bytes::copy_from_slice(&self.value)
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// The outcome a request `(client, seq)` would get from the table alone, if it is already
@@ -110,8 +88,9 @@ impl StringState {
         }
     }
 
-    /// Applies one write, at most once per `(client, seq)`. Costs O(value), not O(string).
-    pub fn apply(&mut self, write: &Write) -> Applied {
+    /// Applies one write, at most once per `(client, seq)`, under the limits its action
+    /// carries (never this node's own). Costs O(value), not O(string).
+    pub fn apply(&mut self, write: &Write, limits: &Limits) -> Applied {
         self.writes_applied += 1;
         if self.writes_applied % SWEEP_EVERY_WRITES == 0 {
             self.expire_sessions();
@@ -122,30 +101,27 @@ impl StringState {
             }
             return decided;
         }
-        let result = self.apply_op(&write.op);
+        let result = self.apply_op(&write.op, limits);
         let session =
             Session { seq: write.seq, result: result.clone(), last_used: self.writes_applied };
         self.sessions.insert(write.client, session);
         Applied::Fresh(result)
     }
 
-    fn apply_op(&mut self, op: &WriteOp) -> WriteResult {
+    fn apply_op(&mut self, op: &WriteOp, limits: &Limits) -> WriteResult {
         let value = op.value();
-        if value.len() as u64 > self.limits.max_value_bytes {
+        if value.len() as u64 > limits.max_value_bytes {
             return Err(Error::ValueTooLarge {
                 size: value.len() as u64,
-                max: self.limits.max_value_bytes,
+                max: limits.max_value_bytes,
             });
         }
         let new_len = match op {
             WriteOp::Append(v) => self.value.len() as u64 + v.len() as u64,
             WriteOp::Set(v) => v.len() as u64,
         };
-        if new_len > self.limits.max_string_bytes {
-            return Err(Error::StringTooLarge {
-                would_be: new_len,
-                max: self.limits.max_string_bytes,
-            });
+        if new_len > limits.max_string_bytes {
+            return Err(Error::StringTooLarge { would_be: new_len, max: limits.max_string_bytes });
         }
         match op {
             WriteOp::Append(v) => self.value.extend_from_slice(v),
@@ -172,9 +148,24 @@ impl StringState {
         self.digest
     }
 
-    /// Number of clients remembered for exactly-once.
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
+    /// A hash of everything applied: the string, the exactly-once table and the write
+    /// count. Where [`StringState::digest`] says which actions were applied, this says what
+    /// they made, so replicas that differ in any byte differ here. O(string): computed for
+    /// `inspect`, not on the write path.
+    pub fn content_digest(&self) -> u64 {
+        let mut h = ContentHash::default();
+        h.bytes(&self.value);
+        h.word(self.writes_applied);
+        let mut clients: Vec<&ClientId> = self.sessions.keys().collect();
+        clients.sort_unstable();
+        for client in clients {
+            let s = &self.sessions[client];
+            h.word(*client);
+            h.word(s.seq);
+            h.word(s.last_used);
+            h.bytes(&postcard::to_allocvec(&s.result).expect("encoding to memory"));
+        }
+        h.finish()
     }
 
     /// The state as a snapshot taken after applying `applied` in view `epoch`.
@@ -200,8 +191,8 @@ impl StringState {
         }
     }
 
-    /// Rebuilds the state a snapshot describes, under this node's limits.
-    pub fn from_snapshot(snapshot: &Snapshot, limits: Limits) -> Self {
+    /// Rebuilds the state a snapshot describes.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
         Self {
             value: snapshot.value.to_vec(),
             sessions: snapshot
@@ -215,9 +206,41 @@ impl StringState {
                 .collect(),
             writes_applied: snapshot.writes_applied,
             digest: snapshot.digest,
-            limits,
         }
     }
+}
+
+/// A fixed, portable 64-bit hash (SplitMix64 mixing over 8-byte words, with lengths), so
+/// every build of every node computes the same value for the same content.
+#[derive(Default)]
+struct ContentHash(u64);
+
+impl ContentHash {
+    fn word(&mut self, w: u64) {
+        self.0 = mix64(self.0 ^ w);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.word(bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.word(u64::from_le_bytes(last));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -230,44 +253,76 @@ mod tests {
 
     #[test]
     fn appends_and_sets_return_new_length() {
-        let mut s = StringState::new(Limits::default());
-        assert_eq!(s.apply(&write(1, 1, WriteOp::Append("ab".into()))), Applied::Fresh(Ok(2)));
-        assert_eq!(s.apply(&write(1, 2, WriteOp::Append("c".into()))), Applied::Fresh(Ok(3)));
+        let mut s = StringState::default();
+        assert_eq!(
+            s.apply(&write(1, 1, WriteOp::Append("ab".into())), &Limits::default()),
+            Applied::Fresh(Ok(2))
+        );
+        assert_eq!(
+            s.apply(&write(1, 2, WriteOp::Append("c".into())), &Limits::default()),
+            Applied::Fresh(Ok(3))
+        );
         assert_eq!(s.value(), b"abc");
-        assert_eq!(s.apply(&write(2, 1, WriteOp::Set("z".into()))), Applied::Fresh(Ok(1)));
+        assert_eq!(
+            s.apply(&write(2, 1, WriteOp::Set("z".into())), &Limits::default()),
+            Applied::Fresh(Ok(1))
+        );
         assert_eq!(s.value(), b"z");
     }
 
     #[test]
     fn retry_is_applied_once_and_gets_original_result() {
-        let mut s = StringState::new(Limits::default());
-        s.apply(&write(1, 1, WriteOp::Append("a".into())));
-        s.apply(&write(2, 1, WriteOp::Append("b".into())));
-        assert_eq!(s.apply(&write(1, 1, WriteOp::Append("a".into()))), Applied::Duplicate(Ok(1)));
+        let mut s = StringState::default();
+        s.apply(&write(1, 1, WriteOp::Append("a".into())), &Limits::default());
+        s.apply(&write(2, 1, WriteOp::Append("b".into())), &Limits::default());
+        assert_eq!(
+            s.apply(&write(1, 1, WriteOp::Append("a".into())), &Limits::default()),
+            Applied::Duplicate(Ok(1))
+        );
         assert_eq!(s.value(), b"ab");
-        s.apply(&write(1, 2, WriteOp::Append("c".into())));
-        assert_eq!(s.apply(&write(1, 1, WriteOp::Append("a".into()))), Applied::Superseded);
+        s.apply(&write(1, 2, WriteOp::Append("c".into())), &Limits::default());
+        assert_eq!(
+            s.apply(&write(1, 1, WriteOp::Append("a".into())), &Limits::default()),
+            Applied::Superseded
+        );
         assert_eq!(s.value(), b"abc");
     }
 
     #[test]
     fn snapshot_round_trip_keeps_value_and_sessions() {
-        let mut s = StringState::new(Limits::default());
-        s.apply(&write(7, 3, WriteOp::Append("abc".into())));
+        let mut s = StringState::default();
+        s.apply(&write(7, 3, WriteOp::Append("abc".into())), &Limits::default());
         s.seal_action(1, Timestamp::new(9, 1));
         let snap = s.to_snapshot(2, Timestamp::new(9, 1));
-        let back = StringState::from_snapshot(&snap, Limits::default());
+        let back = StringState::from_snapshot(&snap);
         assert_eq!(back, s);
         assert_eq!(back.lookup(7, 3), Some(Applied::Duplicate(Ok(3))));
     }
 
     #[test]
+    fn the_content_digest_tells_apart_states_that_differ_in_any_byte() {
+        let limits = Limits::default();
+        let mut a = StringState::default();
+        let mut b = StringState::default();
+        a.apply(&write(1, 1, WriteOp::Append("abc".into())), &limits);
+        b.apply(&write(1, 1, WriteOp::Append("abd".into())), &limits);
+        assert_ne!(a.content_digest(), b.content_digest(), "string differs");
+        let mut c = StringState::default();
+        c.apply(&write(2, 1, WriteOp::Append("abc".into())), &limits);
+        assert_eq!(a.value(), c.value());
+        assert_ne!(a.content_digest(), c.content_digest(), "exactly-once table differs");
+        let back = StringState::from_snapshot(&a.to_snapshot(1, Timestamp::new(1, 1)));
+        assert_eq!(back.content_digest(), a.content_digest());
+    }
+
+    #[test]
     fn limits_refuse_without_change() {
-        let mut s = StringState::new(Limits { max_value_bytes: 4, max_string_bytes: 6 });
-        s.apply(&write(1, 1, WriteOp::Append("abcd".into())));
-        let r = s.apply(&write(1, 2, WriteOp::Append("efg".into())));
+        let mut s = StringState::default();
+        let small = Limits { max_value_bytes: 4, max_string_bytes: 6 };
+        s.apply(&write(1, 1, WriteOp::Append("abcd".into())), &small);
+        let r = s.apply(&write(1, 2, WriteOp::Append("efg".into())), &small);
         assert_eq!(r, Applied::Fresh(Err(Error::StringTooLarge { would_be: 7, max: 6 })));
-        let r = s.apply(&write(1, 3, WriteOp::Set("12345".into())));
+        let r = s.apply(&write(1, 3, WriteOp::Set("12345".into())), &small);
         assert_eq!(r, Applied::Fresh(Err(Error::ValueTooLarge { size: 5, max: 4 })));
         assert_eq!(s.value(), b"abcd");
     }

@@ -339,7 +339,7 @@ impl Replica {
         }
         members.sort();
         ViewProposal {
-            view: View { epoch: p.epoch + 1, master: p.master, members },
+            view: View { epoch: p.epoch + 1, master: p.master, members, limits: self.cfg.limits },
             applied_upto,
             committed,
             joiners: p.add.keys().copied().collect(),
@@ -473,7 +473,7 @@ impl Replica {
             reason: format!("node {} was re-synchronised from a snapshot; retry", self.id()),
             try_nodes: vec![],
         });
-        self.state = StringState::from_snapshot(&snapshot, self.cfg.limits);
+        self.state = StringState::from_snapshot(&snapshot);
         self.applied_ts = snapshot.applied;
         self.replay_base = snapshot.applied;
         // `Ready::applied` lists what was applied after `replay_base`; what this step applied
@@ -520,6 +520,7 @@ impl Replica {
         let view = &self.view;
         self.joiners.retain(|id, _| !view.contains(*id));
         self.reset_election_timer();
+        self.warn_if_flags_differ();
         self.write_snapshot();
         self.ready.view_changed = Some(self.view.clone());
         if !self.is_member() {
