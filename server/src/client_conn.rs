@@ -40,7 +40,7 @@ pub struct ConnLimits {
 
 /// Accepts client connections until shutdown.
 pub async fn accept_clients(
-    listener: TcpListener,
+    listener: std::sync::Arc<TcpListener>,
     limits: ConnLimits,
     inbox: mpsc::Sender<Input>,
     mut shutdown: watch::Receiver<bool>,

@@ -20,7 +20,7 @@ use strstore_protocol::Envelope;
 use tokio::sync::mpsc;
 use tracing::error;
 
-use crate::log::LogStore;
+use crate::log::{LogError, LogStore};
 use crate::replica::LogRecord;
 use crate::server::Input;
 
@@ -50,54 +50,13 @@ impl LogWriter {
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
-                // Records appended since the last sync.
-                let mut dirty = false;
-                // Jobs taken since the engine was last told they are durable.
-                let mut unreported = 0;
-                loop {
-                    let first = if dirty {
-                        match rx.recv_timeout(IDLE_SYNC) {
-                            Ok(job) => job,
-                            Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                                sync(&mut log);
-                                dirty = false;
-                                let synced =
-                                    Input::Synced { jobs: unreported, messages: Vec::new() };
-                                unreported = 0;
-                                if inbox.blocking_send(synced).is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
-                            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    } else {
-                        match rx.recv() {
-                            Ok(job) => job,
-                            Err(_) => break,
-                        }
-                    };
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    dirty |= append(&mut log, &batch);
-                    unreported += batch.len();
-                    if batch.iter().all(LogJob::can_wait) {
-                        continue;
-                    }
-                    if dirty {
-                        sync(&mut log);
-                        dirty = false;
-                    }
-                    let messages: Vec<Envelope> =
-                        batch.into_iter().flat_map(|j| j.after_sync).collect();
-                    let synced = Input::Synced { jobs: unreported, messages };
-                    unreported = 0;
-                    if inbox.blocking_send(synced).is_err() {
-                        return; // engine gone: shutting down
-                    }
-                }
-                if dirty {
-                    sync(&mut log);
+                if let Err(error) = write_loop(&mut log, &rx, &inbox) {
+                    // Nothing of the failed batch is released, and nothing more is written:
+                    // after a failed write or fsync, what was not synced is presumed lost
+                    // (it is never retried as if it had succeeded). The engine decides what
+                    // the node does next; the log closes when this thread returns.
+                    error!(error = %error, "the durable log failed; nothing more is acknowledged");
+                    let _ = inbox.blocking_send(Input::LogFailed(error));
                 }
             })
             .expect("spawning the log writer thread");
@@ -106,7 +65,8 @@ impl LogWriter {
 
     /// Queues a job. Never blocks.
     pub fn submit(&self, job: LogJob) {
-        // The thread only ends when this sender is dropped, or after it aborted the process.
+        // The thread only ends when this sender is dropped, or after the log failed (the
+        // engine has been told; what is sent after that is never written).
         let _ = self.jobs.send(job);
     }
 
@@ -126,29 +86,70 @@ impl LogJob {
     }
 }
 
+/// Group commit until the engine goes away or the log fails.
+fn write_loop<L: LogStore>(
+    log: &mut L,
+    rx: &std_mpsc::Receiver<LogJob>,
+    inbox: &mpsc::Sender<Input>,
+) -> Result<(), LogError> {
+    // Records appended since the last sync.
+    let mut dirty = false;
+    // Jobs taken since the engine was last told they are durable.
+    let mut unreported = 0;
+    loop {
+        let first = if dirty {
+            match rx.recv_timeout(IDLE_SYNC) {
+                Ok(job) => job,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    log.sync()?;
+                    dirty = false;
+                    let synced = Input::Synced { jobs: unreported, messages: Vec::new() };
+                    unreported = 0;
+                    if inbox.blocking_send(synced).is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        dirty |= append(log, &batch)?;
+        unreported += batch.len();
+        if batch.iter().all(LogJob::can_wait) {
+            continue;
+        }
+        if dirty {
+            log.sync()?;
+            dirty = false;
+        }
+        let messages: Vec<Envelope> = batch.into_iter().flat_map(|j| j.after_sync).collect();
+        let synced = Input::Synced { jobs: unreported, messages };
+        unreported = 0;
+        if inbox.blocking_send(synced).is_err() {
+            return Ok(()); // engine gone: shutting down
+        }
+    }
+    if dirty {
+        log.sync()?;
+    }
+    Ok(())
+}
+
 /// Appends every record of the batch; true if there was any.
-fn append<L: LogStore>(log: &mut L, batch: &[LogJob]) -> bool {
+fn append<L: LogStore>(log: &mut L, batch: &[LogJob]) -> Result<bool, LogError> {
     let mut wrote = false;
     for job in batch.iter().filter(|j| !j.records.is_empty()) {
         wrote = true;
-        if let Err(e) = log.append(&job.records) {
-            crash(&e);
-        }
+        log.append(&job.records)?;
     }
-    wrote
-}
-
-fn sync<L: LogStore>(log: &mut L) {
-    if let Err(e) = log.sync() {
-        crash(&e);
-    }
-}
-
-/// A log that cannot be written means acks we cannot honour: stop at once, send nothing more.
-fn crash(e: &crate::log::LogError) -> ! {
-    error!(error = %e, "the durable log failed; stopping the node so that nothing unlogged is acknowledged");
-    eprintln!("strstore-server: fatal: durable log failed: {e}");
-    std::process::abort();
+    Ok(wrote)
 }
 
 #[cfg(test)]

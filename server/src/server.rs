@@ -40,6 +40,8 @@ pub enum Input {
     Peer(Envelope),
     /// The log writer made `jobs` more jobs durable and released their messages, in order.
     Synced { jobs: usize, messages: Vec<Envelope> },
+    /// The log writer could not write or sync; it has stopped.
+    LogFailed(crate::log::LogError),
 }
 
 /// Why a node could not start or run.
@@ -62,34 +64,64 @@ pub struct Bound {
 
 /// Runs a node until `shutdown` resolves, then flushes the log and returns. While it runs,
 /// SIGHUP reloads the TLS material (`watch_sighup`).
+///
+/// A log that fails does not end the process: the node stops serving from it (see
+/// [`Engine::log_failed`]); when the failure was a full disk and space comes back, the node
+/// starts again from what its log holds, as after a restart, and rejoins the cluster.
 pub async fn run(
     cfg: NodeConfig,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
-    let dir = cfg.data_dir.display().to_string();
-    let Storage { log, restored, fresh_incarnation } =
-        storage::open(&cfg.data_dir, cfg.repair, cfg.peers.len() > 1)?;
+    tokio::pin!(shutdown);
+    let mut storage = open_storage(&cfg)?;
     let tls = cfg.tls.clone().map(TlsState::load).transpose()?;
-    let replica = Replica::new(cfg.replica_config(fresh_incarnation), restored);
-    let stats = replica.stats();
-    info!(
-        id = cfg.id,
-        members = ?cfg.peers.keys().collect::<Vec<_>>(),
-        data_dir = %dir,
-        applied_actions = stats.applied_actions,
-        string_bytes = replica.value().len(),
-        "node starting"
-    );
+    let listeners = bind_listeners(&cfg, &tls).await?;
+    let (stop_sighup, sighup_stopped) = watch::channel(false);
+    tokio::spawn(watch_sighup(tls.clone(), sighup_stopped));
+    on_bound(listeners.bound);
+    loop {
+        match run_life(&cfg, storage, &listeners, &tls, shutdown.as_mut()).await {
+            Stopped::Shutdown => break,
+            Stopped::DiskHasRoom => {
+                info!("the data directory has room again; restarting the node from its log");
+                storage = open_storage(&cfg)?;
+            }
+        }
+    }
+    let _ = stop_sighup.send(true);
+    info!("node stopped; log flushed");
+    Ok(())
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+/// Why [`Engine::run`] returned.
+enum Stopped {
+    Shutdown,
+    /// The log failed for lack of space, and there is room again.
+    DiskHasRoom,
+}
 
-    let client_listener = TcpListener::bind(cfg.listen)
+fn open_storage(cfg: &NodeConfig) -> Result<Storage, ServerError> {
+    Ok(storage::open(&cfg.data_dir, cfg.repair, cfg.peers.len() > 1)?)
+}
+
+/// The node's sockets. They outlive a restart after a full disk, so that no other process
+/// can take the ports in between.
+struct Listeners {
+    client: Arc<TcpListener>,
+    /// Peers only ever speak mutual TLS, so without TLS material there is no peer port.
+    peer: Option<Arc<TcpListener>>,
+    bound: Bound,
+}
+
+async fn bind_listeners(
+    cfg: &NodeConfig,
+    tls: &Option<TlsState>,
+) -> Result<Listeners, ServerError> {
+    let client = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
-    // Peers only ever speak mutual TLS, so without TLS material there is no peer port at all.
-    let peer_listener = match (cfg.peer_listen, &tls) {
+    let peer = match (cfg.peer_listen, tls) {
         (Some(addr), Some(_)) => Some(
             TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?,
         ),
@@ -100,23 +132,78 @@ pub async fn run(
         (None, _) => None,
     };
     let bound = Bound {
-        client: client_listener.local_addr().expect("bound socket has an address"),
-        peer: peer_listener.as_ref().map(|l| l.local_addr().expect("bound socket has an address")),
+        client: client.local_addr().expect("bound socket has an address"),
+        peer: peer.as_ref().map(|l| l.local_addr().expect("bound socket has an address")),
     };
+    Ok(Listeners { client: Arc::new(client), peer: peer.map(Arc::new), bound })
+}
 
+/// One life of the node, from its log as it finds it to a shutdown, or to a log failure it
+/// can recover from.
+async fn run_life(
+    cfg: &NodeConfig,
+    storage: Storage,
+    listeners: &Listeners,
+    tls: &Option<TlsState>,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Stopped {
+    let Storage { log, restored, fresh_incarnation } = storage;
+    let replica = Replica::new(cfg.replica_config(fresh_incarnation), restored);
+    let stats = replica.stats();
+    info!(
+        id = cfg.id,
+        members = ?cfg.peers.keys().collect::<Vec<_>>(),
+        data_dir = %cfg.data_dir.display(),
+        applied_actions = stats.applied_actions,
+        string_bytes = replica.value().len(),
+        "node starting"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+    let peers = spawn_io(cfg, listeners, tls, replica.view(), &inbox_tx, &stop_rx);
+    let writer = LogWriter::spawn(log, inbox_tx);
+    info!(client = %listeners.bound.client, peer = ?listeners.bound.peer, "node ready");
+    let engine = Engine {
+        replica,
+        writer,
+        peers,
+        waiters: HashMap::new(),
+        next_waiter: 1,
+        health: Sampler::new(&cfg.data_dir),
+        deferred_commits: Vec::new(),
+        unsynced_jobs: 0,
+        settings: node_settings(cfg),
+        data_dir: cfg.data_dir.clone(),
+        failed: None,
+    };
+    let (writer, stopped) = engine.run(inbox_rx, cfg.tick, shutdown).await;
+    let _ = stop_tx.send(true);
+    writer.close();
+    stopped
+}
+
+/// Starts the tasks that carry client and peer traffic to the engine's inbox, until `stop`.
+fn spawn_io(
+    cfg: &NodeConfig,
+    listeners: &Listeners,
+    tls: &Option<TlsState>,
+    view: &strstore_protocol::View,
+    inbox: &mpsc::Sender<Input>,
+    stop: &watch::Receiver<bool>,
+) -> PeerSenders {
     // Peers may carry a whole snapshot in one frame, as large as the cluster's string limit,
     // which may exceed this node's own flag (the view's limits are the proposer's): they are
     // the cluster's own nodes, authenticated by mutual TLS before any frame is read.
     let peer_frame_bytes = strstore_protocol::codec::MAX_FRAME_FORMAT_BYTES;
-    let peers =
-        PeerSenders::start(cfg.id, replica.view(), peer_frame_bytes, tls.clone(), stop_rx.clone());
-    if let (Some(listener), Some(tls)) = (peer_listener, &tls) {
+    let peers = PeerSenders::start(cfg.id, view, peer_frame_bytes, tls.clone(), stop.clone());
+    if let (Some(listener), Some(tls)) = (&listeners.peer, tls) {
         let accept = transport::AcceptConfig {
             me: cfg.id,
             max_frame_bytes: peer_frame_bytes,
             tls: tls.clone(),
         };
-        tokio::spawn(transport::accept_peers(listener, accept, inbox_tx.clone(), stop_rx.clone()));
+        let listener = Arc::clone(listener);
+        tokio::spawn(transport::accept_peers(listener, accept, inbox.clone(), stop.clone()));
     }
     let limits = client_conn::ConnLimits {
         node: cfg.id,
@@ -124,43 +211,20 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(cfg.max_connections)),
         tls: tls.clone().filter(TlsState::serves_clients),
     };
-    tokio::spawn(watch_sighup(tls, stop_rx.clone()));
-    tokio::spawn(client_conn::accept_clients(
-        client_listener,
-        limits,
-        inbox_tx.clone(),
-        stop_rx.clone(),
-    ));
-    let writer = LogWriter::spawn(log, inbox_tx.clone());
-    drop(inbox_tx);
+    let listener = Arc::clone(&listeners.client);
+    tokio::spawn(client_conn::accept_clients(listener, limits, inbox.clone(), stop.clone()));
+    peers
+}
 
-    info!(client = %bound.client, peer = ?bound.peer, "node ready");
-    on_bound(bound);
-    let health = Sampler::new(&cfg.data_dir);
-    let settings = NodeSettings {
+fn node_settings(cfg: &NodeConfig) -> NodeSettings {
+    NodeSettings {
         peer_tls: cfg.tls.is_some() && cfg.peers.len() > 1,
         client_tls: cfg.tls.as_ref().is_some_and(|t| t.clients.is_some()),
         client_auth: cfg.tls.as_ref().is_some_and(|t| t.clients == Some(ClientAuth::Required)),
         fsync: true,
         window: cfg.window as u64,
         snapshot_every: cfg.snapshot_every,
-    };
-    let engine = Engine {
-        replica,
-        writer,
-        peers,
-        waiters: HashMap::new(),
-        next_waiter: 1,
-        health,
-        deferred_commits: Vec::new(),
-        unsynced_jobs: 0,
-        settings,
-    };
-    let writer = engine.run(inbox_rx, cfg.tick, shutdown).await;
-    let _ = stop_tx.send(true);
-    writer.close();
-    info!("node stopped; log flushed");
-    Ok(())
+    }
 }
 
 /// Reloads the TLS material on every SIGHUP until shutdown: new connections use the new
@@ -204,7 +268,21 @@ struct Engine {
     unsynced_jobs: usize,
     /// Reported with the status.
     settings: NodeSettings,
+    data_dir: std::path::PathBuf,
+    /// Set once the log failed: the node serves nothing from then on.
+    failed: Option<LogFailure>,
 }
+
+/// What the engine knows of a failed log.
+struct LogFailure {
+    /// What clients are told.
+    reason: String,
+    /// A full disk: the node restarts by itself once there is room.
+    disk_full: bool,
+}
+
+/// How often a node whose disk is full checks for room.
+const ROOM_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the node samples its health for heartbeats.
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -215,16 +293,23 @@ impl Engine {
         mut inbox: mpsc::Receiver<Input>,
         tick: std::time::Duration,
         shutdown: impl Future<Output = ()>,
-    ) -> LogWriter {
+    ) -> (LogWriter, Stopped) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health = tokio::time::interval(HEALTH_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut room_check = tokio::time::interval(ROOM_CHECK_EVERY);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                _ = room_check.tick(), if self.failed.as_ref().is_some_and(|f| f.disk_full) => {
+                    if storage::has_room(&self.data_dir) {
+                        return (self.writer, Stopped::DiskHasRoom);
+                    }
+                    continue;
+                }
                 input = inbox.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input);
@@ -235,18 +320,18 @@ impl Engine {
                         }
                     }
                 }
-                _ = ticker.tick() => {
+                _ = ticker.tick(), if self.failed.is_none() => {
                     self.replica.tick();
                     self.submit_deferred_commits();
                 }
-                _ = health.tick() => {
+                _ = health.tick(), if self.failed.is_none() => {
                     let sample = self.health.sample(self.replica.log_len());
                     self.replica.set_health(sample);
                 }
             }
             // Messages routed to ourselves without a trip through the log writer may produce
             // more output at once.
-            loop {
+            while self.failed.is_none() {
                 self.replica.propose();
                 let ready = self.replica.take_ready();
                 if ready.is_empty() {
@@ -257,11 +342,56 @@ impl Engine {
         }
         info!("shutting down: no new requests; flushing the log");
         self.submit_deferred_commits();
-        self.writer
+        (self.writer, Stopped::Shutdown)
+    }
+
+    /// The log failed: nothing more can be made durable, so the node must not ack, vote or
+    /// answer from here on. It goes silent towards its peers (the master removes it from the
+    /// view as for a crash, and the others go on), and tells each client why and where to go.
+    fn log_failed(&mut self, error: crate::log::LogError) {
+        let me = self.replica.id();
+        let disk_full = error.is_disk_full();
+        let reason = if disk_full {
+            format!("disk full on n{me}: it cannot log writes and is leaving the cluster")
+        } else {
+            format!("the log of n{me} failed ({error}): it is leaving the cluster")
+        };
+        if disk_full {
+            error!(%error, "the disk is full: serving nothing until there is room again (checked every second), then restarting from the log");
+        } else {
+            error!(%error, "the log failed: serving nothing; check the disk, then restart the node (it verifies its log at start)");
+        }
+        self.failed = Some(LogFailure { reason, disk_full });
+        let err = self.refusal();
+        self.replica.stop_serving(err);
+        let ready = self.replica.take_ready();
+        self.send_replies(ready.replies);
+    }
+
+    /// What a client is told while the log is failed: unavailable here, try the others.
+    fn refusal(&self) -> strstore_protocol::Error {
+        let me = self.replica.id();
+        let reason = self.failed.as_ref().map_or_else(String::new, |f| f.reason.clone());
+        let try_nodes = self
+            .replica
+            .view()
+            .members
+            .iter()
+            .filter(|m| m.id != me && !m.client_addr.is_empty())
+            .map(|m| m.client_addr.clone())
+            .collect();
+        strstore_protocol::Error::Unavailable { reason, try_nodes }
     }
 
     fn handle(&mut self, input: Input) {
         match input {
+            Input::LogFailed(error) => self.log_failed(error),
+            Input::Request { req, reply } if self.failed.is_some() => {
+                let result = Err(self.refusal());
+                let _ = reply
+                    .send(ServerFrame::Reply(strstore_protocol::Reply { seq: req.seq, result }));
+            }
+            Input::Peer(_) if self.failed.is_some() => {}
             Input::Request { req, reply } => {
                 let waiter = self.next_waiter;
                 self.next_waiter += 1;
@@ -308,6 +438,17 @@ impl Engine {
         }
     }
 
+    fn send_replies(&mut self, replies: Vec<crate::replica::ClientReply>) {
+        for r in replies {
+            match self.waiters.remove(&r.waiter) {
+                Some(tx) => {
+                    let _ = tx.send(ServerFrame::Reply(r.reply));
+                }
+                None => debug!(waiter = r.waiter, "reply for a vanished waiter"),
+            }
+        }
+    }
+
     fn dispatch(&mut self, ready: Ready) {
         if let Some(view) = &ready.view_changed {
             info!(
@@ -320,14 +461,7 @@ impl Engine {
             self.peers.update(view);
         }
         // Clients first: nothing they are told waits on what follows.
-        for r in ready.replies {
-            match self.waiters.remove(&r.waiter) {
-                Some(tx) => {
-                    let _ = tx.send(ServerFrame::Reply(r.reply));
-                }
-                None => debug!(waiter = r.waiter, "reply for a vanished waiter"),
-            }
-        }
+        self.send_replies(ready.replies);
         for env in ready.messages {
             if env.to == self.replica.id() {
                 warn!(?env, "engine addressed a plain message to itself; dropped");

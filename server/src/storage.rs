@@ -95,6 +95,18 @@ fn load(dir: &Path) -> Result<Storage, LogError> {
     Ok(Storage { log, restored, fresh_incarnation })
 }
 
+/// Free space a node needs in its data directory to log again: room for the next
+/// preallocation of the write-ahead file and for the snapshot that starts its next view.
+pub const ROOM_NEEDED_BYTES: u64 = 16 << 20;
+
+/// Whether the data directory's file system has [`ROOM_NEEDED_BYTES`] free.
+pub fn has_room(dir: &Path) -> bool {
+    match rustix::fs::statvfs(dir) {
+        Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) >= ROOM_NEEDED_BYTES,
+        Err(_) => false,
+    }
+}
+
 /// A hint only where it is likely to be the cause.
 fn open_hint(e: &LogError) -> String {
     let locked = match e {
@@ -104,7 +116,11 @@ fn open_hint(e: &LogError) -> String {
     if locked {
         " (is another strstore-server using it?)".into()
     } else if e.is_disk_full() {
-        " (the disk is full: the node needs room for a new log segment, 8 MiB, to start)".into()
+        format!(
+            " (the disk is full: free at least {} MiB in the data directory's file system; \
+             nothing logged was lost)",
+            ROOM_NEEDED_BYTES >> 20
+        )
     } else {
         String::new()
     }

@@ -163,6 +163,11 @@ impl TestNode {
         child.wait().expect("waiting for the node")
     }
 
+    /// The exit status, if the process has ended by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

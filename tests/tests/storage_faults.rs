@@ -187,3 +187,78 @@ fn replicas_with_different_limit_flags_apply_the_same_writes() {
         assert_eq!(n["limits"]["max_string_bytes"], 100, "{nodes:#?}");
     }
 }
+
+/// A small tmpfs mounted over a directory for the length of a test (needs root).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let opts = format!("size={size}");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status();
+        status.is_ok_and(|s| s.success()).then(|| Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Row 5: the data directory's file system fills up. The node does not abort: it refuses
+/// with "disk full on n1", keeps running, and once there is room again it starts over from
+/// its log by itself, with every acknowledged write.
+#[test]
+fn a_full_disk_is_an_error_and_the_node_comes_back_when_there_is_room() {
+    let mut c = TestCluster::start(1);
+    assert!(c.node(1).terminate().success());
+    let data_dir = c.nodes[0].data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let Some(_fs) = SmallFs::mount(&data_dir, "64m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let filler = data_dir.join("filler");
+    std::fs::write(&filler, vec![1u8; 44 << 20]).unwrap();
+    c.node(1).start();
+
+    let mut cfg = ClientConfig::with_addrs(vec![c.nodes[0].client_addr.to_string()]);
+    cfg.request_timeout = Duration::from_secs(5);
+    let mut acked = Vec::new();
+    let value = |i: usize| format!("<{i}>{}", "p".repeat(256 << 10));
+    let refusal = runtime().block_on(async {
+        let mut client = Client::new(cfg).expect("client");
+        for i in 0..400 {
+            match client.append(value(i)).await {
+                Ok(_) => acked.push(value(i)),
+                Err(e) => return e.to_string(),
+            }
+        }
+        panic!("64 MiB never filled up");
+    });
+    assert!(refusal.contains("disk full on n1"), "{refusal}");
+    let out = c.cli(1, &["--timeout", "5", "append", "more"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disk full on n1"), "clients are told why: {err}");
+    assert!(c.node(1).exited().is_none(), "the node must not abort:\n{}", c.nodes[0].log());
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        c.nodes[0].wait_for_log("has room again", Duration::from_secs(60)),
+        "{}",
+        c.nodes[0].log()
+    );
+    c.cli_ok(1, &["append", "<after>"]);
+    let got = c.cli_ok(1, &["get"]);
+    let prefix: String = acked.concat();
+    assert!(got.starts_with(&prefix), "every acknowledged append is kept");
+    assert!(got.ends_with("<after>\n"), "{}", &got[got.len().saturating_sub(100)..]);
+    let log = c.nodes[0].log();
+    assert!(!log.contains("fatal"), "{log}");
+}

@@ -46,7 +46,7 @@ impl LogError {
     /// Whether the disk is out of space.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            LogError::Io { source, .. } => {
+            LogError::Io { source, .. } | LogError::Sled(sled::Error::Io(source)) => {
                 source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
             }
             _ => false,

@@ -258,11 +258,21 @@ impl Wal {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_err(&path, "creating", e))?;
-        let allocated =
-            preallocate(&file, 0, PREALLOCATE_BYTES).map_err(|e| io_err(&path, "allocating", e))?;
-        file.sync_all().map_err(|e| io_err(&path, "syncing", e))?;
-        sync_dir(dir)?;
-        Ok(Open { seq, file, len: 0, allocated, last_action: None })
+        let prepared = preallocate(&file, 0, PREALLOCATE_BYTES)
+            .map_err(|e| io_err(&path, "allocating", e))
+            .and_then(|allocated| {
+                file.sync_all().map_err(|e| io_err(&path, "syncing", e))?;
+                sync_dir(dir)?;
+                Ok(allocated)
+            });
+        match prepared {
+            Ok(allocated) => Ok(Open { seq, file, len: 0, allocated, last_action: None }),
+            Err(e) => {
+                // An empty segment left behind (a full disk, say) would only confuse.
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
     }
 
     pub fn append_action(&mut self, action: &Action) {

@@ -622,6 +622,12 @@ impl Replica {
         self.ready.replies.push(ClientReply { waiter, reply: Reply { seq, result } });
     }
 
+    /// The node can no longer make anything durable: every waiting client gets `err`, and
+    /// the driver stops stepping the engine.
+    pub fn stop_serving(&mut self, err: Error) {
+        self.fail_waiters(err);
+    }
+
     /// Answers every waiting client with `err` (the node left the view).
     pub(super) fn fail_waiters(&mut self, err: Error) {
         let gets = std::mem::take(&mut self.queued_gets);

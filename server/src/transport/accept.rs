@@ -39,7 +39,7 @@ enum PeerEnd {
 
 /// Accepts peer connections until shutdown and forwards their messages to the engine.
 pub async fn accept_peers(
-    listener: TcpListener,
+    listener: std::sync::Arc<TcpListener>,
     config: AcceptConfig,
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
