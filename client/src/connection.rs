@@ -223,6 +223,7 @@ mod tests {
         else {
             panic!("expected a protocol error");
         };
-        assert!(message.contains("max_reply_bytes (8 bytes)"), "{message}");
+        assert!(message.contains("reply limit of 8 bytes (max_reply_bytes"), "{message}");
+        assert!(message.contains("--offset"), "says how to read it anyway: {message}");
     }
 }
