@@ -30,6 +30,10 @@ const CLIENT_TIMEOUT_STEPS: u64 = 400;
 const CLIENT_ATTEMPTS: u32 = 4;
 /// Steps allowed after healing for everything to settle.
 const SETTLE_STEPS: u64 = 20_000;
+/// At least one op in this many must succeed.
+const MIN_OK_SHARE_DENOMINATOR: usize = 4;
+/// Client ids of the probes after healing, above every workload client's.
+const PROBE_CLIENT_BASE: u64 = 1 << 40;
 
 /// Settings of one run, all drawn from the seed unless overridden.
 #[derive(Clone, Debug)]
@@ -185,12 +189,26 @@ pub fn run(config: SimConfig) -> Result<SimSummary, SimFailure> {
     sim.run_faults().map_err(&fail)?;
     sim.heal();
     sim.settle().map_err(&fail)?;
+    sim.probe_every_node().map_err(&fail)?;
+    sim.settle().map_err(&fail)?;
     let replicas = sim.replica_states();
     let report = checker::check(&sim.history, &replicas);
     if !report.is_ok() {
         return Err(fail(format!("checker found anomalies:\n{report}")));
     }
-    Ok(sim.summary())
+    if report.inconclusive {
+        return Err(fail(format!("the checker gave up, so the run was not judged:\n{report}")));
+    }
+    let summary = sim.summary();
+    let ops = sim.history.ops.len();
+    if summary.ops_ok * MIN_OK_SHARE_DENOMINATOR < ops {
+        return Err(fail(format!(
+            "only {} of {ops} ops succeeded (need at least 1 in {MIN_OK_SHARE_DENOMINATOR}): \
+             a cluster that refuses nearly everything is not working",
+            summary.ops_ok
+        )));
+    }
+    Ok(summary)
 }
 
 struct Sim<'a> {
@@ -530,6 +548,11 @@ impl<'a> Sim<'a> {
             }
         };
         let node = self.rng.gen_range(1..=self.cfg.nodes as NodeId);
+        self.begin(i, seq, op, kind, node, CLIENT_TIMEOUT_STEPS);
+    }
+
+    /// Records the op in the history and sends its first attempt to `node`.
+    fn begin(&mut self, i: usize, seq: ReqSeq, op: Op, kind: OpKind, node: NodeId, timeout: u64) {
         let history_index = self.history.ops.len();
         self.history.ops.push(checker::Op {
             client: self.clients[i].id,
@@ -539,10 +562,51 @@ impl<'a> Sim<'a> {
             outcome: Outcome::Unknown,
             node: Some(node),
         });
-        let deadline = self.now + CLIENT_TIMEOUT_STEPS;
+        let deadline = self.now + timeout;
         self.clients[i].current =
             Some(Pending { seq, op, history_index, attempt: 1, node, deadline });
         self.send_request(i);
+    }
+
+    /// After healing, every node must serve an append and then a get that sees it. Without
+    /// this, a build that refuses every request would pass: every op failed or unknown, and
+    /// nothing left for the checker to contradict.
+    fn probe_every_node(&mut self) -> Result<(), String> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let client = PROBE_CLIENT_BASE + id;
+            self.clients.push(SimClient {
+                id: client,
+                next_seq: 1,
+                ops_left: 0,
+                appended: 1,
+                current: None,
+                idle_until: 0,
+            });
+            let i = self.clients.len() - 1;
+            let token = checker::token(client, 1);
+            let append = (Op::Append(token.clone().into()), OpKind::Append(token.clone()));
+            for (seq, (op, kind)) in [append, (Op::Get, OpKind::Get)].into_iter().enumerate() {
+                self.begin(i, seq as ReqSeq + 1, op, kind, id, SETTLE_STEPS);
+                let deadline = self.now + SETTLE_STEPS;
+                while self.clients[i].current.is_some() && self.now < deadline {
+                    self.step()?;
+                }
+                let done = &self.history.ops[self.history.ops.len() - 1];
+                let ok = match &done.outcome {
+                    Outcome::Ok(OkValue::Value(v)) => v.ends_with(&token),
+                    Outcome::Ok(OkValue::Len(_)) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(format!(
+                        "after healing, n{id} did not serve {:?}: {:?}",
+                        done.op, done.outcome
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn retry(&mut self, i: usize) {
