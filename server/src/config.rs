@@ -47,7 +47,7 @@ pub struct NodeArgs {
 
     /// If this node's durable state is found damaged at start (a bad record inside synced
     /// data, a missing snapshot, a gap between snapshot and log), move it aside into
-    /// <data-dir>/damaged-<unix-time>/ (nothing is deleted) and rejoin the cluster as a new
+    /// DATA_DIR/damaged-UNIXTIME/ (nothing is deleted) and rejoin the cluster as a new
     /// incarnation that holds nothing: the others send it the current state, and nothing it
     /// acked before counts. Without it a damaged node refuses to start. Needs other nodes in
     /// --peers (a single node has nobody to copy from). Harmless on undamaged data.

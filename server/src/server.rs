@@ -66,7 +66,7 @@ pub struct Bound {
 /// SIGHUP reloads the TLS material (`watch_sighup`).
 ///
 /// A log that fails does not end the process: the node stops serving from it (see
-/// [`Engine::log_failed`]); when the failure was a full disk and space comes back, the node
+/// `Engine::log_failed`); when the failure was a full disk and space comes back, the node
 /// starts again from what its log holds, as after a restart, and rejoins the cluster.
 pub async fn run(
     cfg: NodeConfig,
