@@ -180,4 +180,52 @@ mod tests {
         let env = Envelope { from: 1, to: 2, epoch: 1, msg: ack };
         assert!(!job(vec![commit()], vec![env]).can_wait(), "an ack waits for the flush");
     }
+
+    /// A log whose second sync fails, counting what it was asked to do.
+    #[derive(Clone, Default)]
+    struct FailingLog(std::sync::Arc<std::sync::Mutex<(usize, usize)>>);
+
+    impl LogStore for FailingLog {
+        fn append(&mut self, _: &[LogRecord]) -> Result<(), LogError> {
+            self.0.lock().unwrap().0 += 1;
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), LogError> {
+            let mut counts = self.0.lock().unwrap();
+            counts.1 += 1;
+            if counts.1 < 2 {
+                return Ok(());
+            }
+            let source = std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+            Err(LogError::Io { path: "wal".into(), what: "syncing".into(), source })
+        }
+        fn load(&self) -> Result<crate::replica::Restored, LogError> {
+            Ok(Default::default())
+        }
+    }
+
+    /// After a failed sync the writer releases nothing of the batch, never syncs again (what
+    /// was not synced is presumed lost), and tells the engine; it never aborts the process.
+    #[test]
+    fn a_failed_sync_releases_nothing_and_stops_the_writer() {
+        let log = FailingLog::default();
+        let (inbox, mut rx) = mpsc::channel(16);
+        let writer = LogWriter::spawn(log.clone(), inbox);
+        let ack = |id| {
+            let msg =
+                PeerMsg::Ack { id: Timestamp::new(id, 1), hw: 0, applied: Timestamp::default() };
+            Envelope { from: 1, to: 2, epoch: 1, msg }
+        };
+        let job =
+            |id| LogJob { records: vec![LogRecord::ClockBound(id)], after_sync: vec![ack(id)] };
+        writer.submit(job(1));
+        let Some(Input::Synced { messages, .. }) = rx.blocking_recv() else { panic!("synced") };
+        assert_eq!(messages, vec![ack(1)]);
+        writer.submit(job(2));
+        assert!(matches!(rx.blocking_recv(), Some(Input::LogFailed(LogError::Io { .. }))));
+        writer.submit(job(3));
+        writer.close();
+        assert!(rx.blocking_recv().is_none(), "nothing released after the failure");
+        assert_eq!(*log.0.lock().unwrap(), (2, 2), "job 3 was never written or synced");
+    }
 }
