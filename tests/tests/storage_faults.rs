@@ -262,3 +262,44 @@ fn a_full_disk_is_an_error_and_the_node_comes_back_when_there_is_room() {
     let log = c.nodes[0].log();
     assert!(!log.contains("fatal"), "{log}");
 }
+
+/// The same on one member of three: the full node leaves the view so that the others go
+/// on, and rejoins by itself with the same state once there is room.
+#[test]
+fn a_member_with_a_full_disk_leaves_the_view_and_rejoins_when_there_is_room() {
+    let mut c = TestCluster::start(3);
+    // Before any write: n3 starts again, empty, on a small file system.
+    assert!(c.node(3).terminate().success());
+    let data_dir = c.nodes[2].data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let Some(_fs) = SmallFs::mount(&data_dir, "64m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let filler = data_dir.join("filler");
+    std::fs::write(&filler, vec![1u8; 44 << 20]).unwrap();
+    c.node(3).start();
+
+    let first_two = c.nodes[..2].iter().map(|n| n.client_addr.to_string()).collect();
+    let mut cfg = ClientConfig::with_addrs(first_two);
+    cfg.request_timeout = Duration::from_secs(120);
+    let value = |i: usize| format!("<{i}>{}", "q".repeat(256 << 10));
+    let mut written = String::new();
+    runtime().block_on(async {
+        let mut client = Client::new(cfg).expect("client");
+        for i in 0..120 {
+            client.append(value(i)).await.expect("the cluster goes on without n3");
+            written.push_str(&value(i));
+        }
+    });
+    assert!(c.nodes[2].log().contains("disk is full"), "n3 ran out of room:\n{}", c.nodes[2].log());
+    assert!(c.node(3).exited().is_none(), "n3 must not abort:\n{}", c.nodes[2].log());
+    let out = c.cli(3, &["--timeout", "5", "get"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("disk full on n3"), "{err}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let nodes = converged(&c, Duration::from_secs(120));
+    assert_eq!(nodes[2]["value"].as_str(), Some(written.as_str()));
+    assert!(nodes[2]["epoch"].as_u64() > Some(1), "n3 left the view and came back: {nodes:#?}");
+}
