@@ -333,11 +333,7 @@ impl NodeConfig {
         cfg.seed = rand::random();
         cfg.fresh_incarnation = fresh_incarnation;
         if self.join || fresh_incarnation {
-            // Epoch 0 is older than any running cluster's: the first answer from a peer tells
-            // this node it is behind, and it asks to be added.
-            cfg.initial_view.epoch = 0;
-            cfg.initial_view.members.retain(|m| m.id != self.id);
-            cfg.initial_view.master = cfg.initial_view.members.first().map_or(self.id, |m| m.id);
+            cfg.start_outside_views();
         }
         cfg.limits = self.limits;
         cfg.initial_view.limits = self.limits;

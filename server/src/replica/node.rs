@@ -106,6 +106,16 @@ impl Config {
     pub fn id(&self) -> NodeId {
         self.me.id
     }
+
+    /// Starts outside every view (a joiner, or a repaired node): epoch 0 is older than any
+    /// running cluster's, so the first answer from a peer tells this node it is behind, and
+    /// it asks to be added.
+    pub fn start_outside_views(&mut self) {
+        let me = self.me.id;
+        self.initial_view.epoch = 0;
+        self.initial_view.members.retain(|m| m.id != me);
+        self.initial_view.master = self.initial_view.members.first().map_or(me, |m| m.id);
+    }
 }
 
 /// A record for the durable log.

@@ -32,6 +32,8 @@ const CLIENT_ATTEMPTS: u32 = 4;
 const SETTLE_STEPS: u64 = 20_000;
 /// At least one op in this many must succeed.
 const MIN_OK_SHARE_DENOMINATOR: usize = 4;
+/// Attempts of a probe: it may take all of `SETTLE_STEPS`.
+const PROBE_ATTEMPTS: u32 = (SETTLE_STEPS / CLIENT_TIMEOUT_STEPS) as u32;
 /// Client ids of the probes after healing, above every workload client's.
 const PROBE_CLIENT_BASE: u64 = 1 << 40;
 
@@ -69,6 +71,10 @@ pub struct SimConfig {
     pub max_partition_steps: u64,
     /// Applied actions between snapshots (0: never), to exercise compaction.
     pub snapshot_every: u64,
+    /// Probability that a crash also destroys the node's durable state, so that it restarts
+    /// repaired (`--repair`): empty, as a fresh incarnation that must rejoin. Only while
+    /// another member of its view holds everything and no other node is still rejoining.
+    pub damage: f64,
 }
 
 impl SimConfig {
@@ -93,6 +99,7 @@ impl SimConfig {
             partition: *[0.0, 0.0003, 0.001].get(rng.gen_range(0..3)).expect("index"),
             max_partition_steps: rng.gen_range(100..=3_000),
             snapshot_every: *[0, 3, 20].get(rng.gen_range(0..3)).expect("index"),
+            damage: *[0.0, 0.0, 0.5].get(rng.gen_range(0..3)).expect("index"),
         }
     }
 }
@@ -101,7 +108,7 @@ impl fmt::Display for SimConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed={} nodes={} clients={} ops/client={} fault_steps={} loss={} dup={} max_delay={} crash={} max_down={} sync={:.2} set={} get={:.2} think={} partition={} max_partition={} snapshot_every={}",
+            "seed={} nodes={} clients={} ops/client={} fault_steps={} loss={} dup={} max_delay={} crash={} max_down={} sync={:.2} set={} get={:.2} think={} partition={} max_partition={} snapshot_every={} damage={}",
             self.seed,
             self.nodes,
             self.clients,
@@ -118,7 +125,8 @@ impl fmt::Display for SimConfig {
             self.think_steps,
             self.partition,
             self.max_partition_steps,
-            self.snapshot_every
+            self.snapshot_every,
+            self.damage
         )
     }
 }
@@ -129,6 +137,8 @@ pub struct SimSummary {
     pub ops_ok: usize,
     pub ops_unknown: usize,
     pub crashes: usize,
+    /// Crashes that destroyed the node's data (it rejoined as a fresh incarnation).
+    pub repairs: usize,
     pub partitions: usize,
     pub views: usize,
     pub messages: u64,
@@ -223,6 +233,7 @@ struct Sim<'a> {
     next_waiter: WaiterId,
     history: History,
     crashes: usize,
+    repairs: usize,
     faults: bool,
     /// The one applied order every node must follow.
     order: Vec<Timestamp>,
@@ -270,6 +281,7 @@ impl<'a> Sim<'a> {
             next_waiter: 1,
             history: History::default(),
             crashes: 0,
+            repairs: 0,
             faults: true,
             order: Vec::new(),
             views: BTreeMap::new(),
@@ -304,16 +316,20 @@ impl<'a> Sim<'a> {
                 return Ok(());
             }
         }
+        let busy = self.clients.iter().filter(|c| c.ops_left > 0 || c.current.is_some()).count();
+        Err(format!(
+            "no progress: the cluster did not settle within {SETTLE_STEPS} steps after healing ({busy} clients unfinished)\n  {}",
+            self.node_stats()
+        ))
+    }
+
+    fn node_stats(&self) -> String {
         let stats: Vec<String> = self
             .nodes
             .iter()
             .map(|(id, n)| format!("n{id}: {:?}", n.replica.as_ref().map(|r| r.stats())))
             .collect();
-        let busy = self.clients.iter().filter(|c| c.ops_left > 0 || c.current.is_some()).count();
-        Err(format!(
-            "no progress: the cluster did not settle within {SETTLE_STEPS} steps after healing ({busy} clients unfinished)\n  {}",
-            stats.join("\n  ")
-        ))
+        stats.join("\n  ")
     }
 
     /// Every node up, in the same view that holds every node, idle, and at the end of the
@@ -397,8 +413,28 @@ impl<'a> Sim<'a> {
         }
         let victim = up[self.rng.gen_range(0..up.len())];
         let down = self.rng.gen_range(1..=self.cfg.max_down_steps);
-        self.nodes.get_mut(&victim).expect("node").crash(self.now + down);
+        let damaged =
+            self.cfg.damage > 0.0 && self.may_damage(victim) && self.rng.gen_bool(self.cfg.damage);
+        self.nodes.get_mut(&victim).expect("node").crash(self.now + down, damaged);
         self.crashes += 1;
+        self.repairs += usize::from(damaged);
+    }
+
+    /// Destroying a node's data loses nothing acknowledged as long as another member of its
+    /// view holds it (every committed action is on every member), and no other node is
+    /// still rejoining empty. For the cluster to go on, the others must also be a majority
+    /// of that view: a repaired node votes in no view change of an epoch it may have acked
+    /// in, so a view of two whose one member is repaired cannot change (docs/protocol.md,
+    /// "Damage and repair", says so).
+    /// Judged on the newest view any node entered, with every node up and none frozen, so
+    /// that no newer view can be under way.
+    fn may_damage(&self, victim: NodeId) -> bool {
+        let settled = self
+            .nodes
+            .values()
+            .all(|n| n.replica.as_ref().is_some_and(|r| !r.is_frozen()) && !n.rejoining());
+        let newest = self.views.values().next_back();
+        settled && newest.is_some_and(|v| !v.contains(victim) || v.members.len() >= 3)
     }
 
     fn restart_due(&mut self) -> Result<(), String> {
@@ -587,7 +623,7 @@ impl<'a> Sim<'a> {
             let token = checker::token(client, 1);
             let append = (Op::Append(token.clone().into()), OpKind::Append(token.clone()));
             for (seq, (op, kind)) in [append, (Op::Get, OpKind::Get)].into_iter().enumerate() {
-                self.begin(i, seq as ReqSeq + 1, op, kind, id, SETTLE_STEPS);
+                self.begin(i, seq as ReqSeq + 1, op, kind, id, CLIENT_TIMEOUT_STEPS);
                 let deadline = self.now + SETTLE_STEPS;
                 while self.clients[i].current.is_some() && self.now < deadline {
                     self.step()?;
@@ -600,8 +636,10 @@ impl<'a> Sim<'a> {
                 };
                 if !ok {
                     return Err(format!(
-                        "after healing, n{id} did not serve {:?}: {:?}",
-                        done.op, done.outcome
+                        "after healing, n{id} did not serve {:?}: {:?}\n  {}",
+                        done.op,
+                        done.outcome,
+                        self.node_stats()
                     ));
                 }
             }
@@ -610,15 +648,21 @@ impl<'a> Sim<'a> {
     }
 
     fn retry(&mut self, i: usize) {
+        // A probe asks the same node again (an answer such as "view change under way" is
+        // retried, not final), for as long as the cluster has to settle.
+        let probe = self.clients[i].id >= PROBE_CLIENT_BASE;
+        let attempts = if probe { PROBE_ATTEMPTS } else { CLIENT_ATTEMPTS };
         let p = self.clients[i].current.as_mut().expect("pending");
-        if p.attempt >= CLIENT_ATTEMPTS {
+        if p.attempt >= attempts {
             // Outcome unknown: the history already says so.
             self.clients[i].current = None;
             self.clients[i].idle_until = self.now + self.rng.gen_range(0..=self.cfg.think_steps);
             return;
         }
         p.attempt += 1;
-        p.node = p.node % self.cfg.nodes as NodeId + 1;
+        if !probe {
+            p.node = p.node % self.cfg.nodes as NodeId + 1;
+        }
         p.deadline = self.now + CLIENT_TIMEOUT_STEPS;
         self.send_request(i);
     }
@@ -680,6 +724,7 @@ impl<'a> Sim<'a> {
                 .filter(|o| matches!(o.outcome, Outcome::Unknown))
                 .count(),
             crashes: self.crashes,
+            repairs: self.repairs,
             partitions: self.partitions,
             views: self.views.len(),
             messages: self.net.sent,

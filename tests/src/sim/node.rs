@@ -31,6 +31,9 @@ pub struct SimNode {
     pub position: usize,
     /// The replay base the position was last aligned to.
     pub base: Timestamp,
+    /// Its data was destroyed and it restarted repaired: it must rejoin as a fresh
+    /// incarnation (the `REJOIN` marker of a real node), until it holds a snapshot.
+    fresh: bool,
 }
 
 impl SimNode {
@@ -45,7 +48,13 @@ impl SimNode {
             down_until: 0,
             position: 0,
             base: Timestamp::default(),
+            fresh: false,
         }
+    }
+
+    /// Repaired and not yet back in a view.
+    pub fn rejoining(&self) -> bool {
+        self.fresh && !self.replica.as_ref().is_some_and(|r| r.is_member() && r.view().epoch > 0)
     }
 
     pub fn is_up(&self) -> bool {
@@ -106,9 +115,15 @@ impl SimNode {
     }
 
     /// Stops the node as `kill -9` would: unsynced log writes and queued messages are lost.
-    pub fn crash(&mut self, until: u64) {
+    /// With `damaged`, the whole log is, as when a node finds its data damaged and
+    /// `--repair` moves it aside.
+    pub fn crash(&mut self, until: u64, damaged: bool) {
         self.replica = None;
         self.log.crash();
+        if damaged {
+            self.log = MemLog::default();
+            self.fresh = true;
+        }
         self.unsynced.clear();
         self.inbox.clear();
         self.down_until = until;
@@ -117,7 +132,14 @@ impl SimNode {
     /// Starts the node again from what its log kept; returns what the replay applied.
     pub fn restart(&mut self) -> Vec<Timestamp> {
         let restored = self.log.load().expect("memory log loads");
-        let mut replica = Replica::new(self.cfg.clone(), restored);
+        self.fresh &= restored.snapshot.is_none();
+        let mut cfg = self.cfg.clone();
+        if self.fresh {
+            // As `NodeConfig::replica_config` does for a repaired node.
+            cfg.fresh_incarnation = true;
+            cfg.start_outside_views();
+        }
+        let mut replica = Replica::new(cfg, restored);
         let applied = replica.take_ready().applied;
         self.replica = Some(replica);
         applied
