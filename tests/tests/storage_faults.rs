@@ -210,22 +210,29 @@ impl Drop for SmallFs {
     }
 }
 
+/// Restarts node `id` empty on a 64 MiB tmpfs of which a 44 MiB filler file takes most;
+/// `None` (the test is skipped) where mounting needs a root this process does not have.
+fn restart_nearly_full(c: &mut TestCluster, id: u64) -> Option<(SmallFs, PathBuf)> {
+    assert!(c.node(id).terminate().success());
+    let data_dir = c.node(id).data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let Some(fs) = SmallFs::mount(&data_dir, "64m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    };
+    let filler = data_dir.join("filler");
+    std::fs::write(&filler, vec![1u8; 44 << 20]).unwrap();
+    c.node(id).start();
+    Some((fs, filler))
+}
+
 /// Row 5: the data directory's file system fills up. The node does not abort: it refuses
 /// with "disk full on n1", keeps running, and once there is room again it starts over from
 /// its log by itself, with every acknowledged write.
 #[test]
 fn a_full_disk_is_an_error_and_the_node_comes_back_when_there_is_room() {
     let mut c = TestCluster::start(1);
-    assert!(c.node(1).terminate().success());
-    let data_dir = c.nodes[0].data_dir.clone();
-    std::fs::remove_dir_all(&data_dir).unwrap();
-    let Some(_fs) = SmallFs::mount(&data_dir, "64m") else {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    };
-    let filler = data_dir.join("filler");
-    std::fs::write(&filler, vec![1u8; 44 << 20]).unwrap();
-    c.node(1).start();
+    let Some((_fs, filler)) = restart_nearly_full(&mut c, 1) else { return };
 
     let mut cfg = ClientConfig::with_addrs(vec![c.nodes[0].client_addr.to_string()]);
     cfg.request_timeout = Duration::from_secs(5);
@@ -268,17 +275,8 @@ fn a_full_disk_is_an_error_and_the_node_comes_back_when_there_is_room() {
 #[test]
 fn a_member_with_a_full_disk_leaves_the_view_and_rejoins_when_there_is_room() {
     let mut c = TestCluster::start(3);
-    // Before any write: n3 starts again, empty, on a small file system.
-    assert!(c.node(3).terminate().success());
-    let data_dir = c.nodes[2].data_dir.clone();
-    std::fs::remove_dir_all(&data_dir).unwrap();
-    let Some(_fs) = SmallFs::mount(&data_dir, "64m") else {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    };
-    let filler = data_dir.join("filler");
-    std::fs::write(&filler, vec![1u8; 44 << 20]).unwrap();
-    c.node(3).start();
+    // Before any write, so that n3 holds nothing the others need.
+    let Some((_fs, filler)) = restart_nearly_full(&mut c, 3) else { return };
 
     let first_two = c.nodes[..2].iter().map(|n| n.client_addr.to_string()).collect();
     let mut cfg = ClientConfig::with_addrs(first_two);
