@@ -181,6 +181,63 @@ mod tests {
         assert!(!job(vec![commit()], vec![env]).can_wait(), "an ack waits for the flush");
     }
 
+    /// A log that keeps, like a disk after power loss, only what was synced.
+    #[derive(Clone, Default)]
+    struct LazyLog(std::sync::Arc<std::sync::Mutex<(Vec<u64>, Vec<u64>)>>);
+
+    impl LogStore for LazyLog {
+        fn append(&mut self, records: &[LogRecord]) -> Result<(), LogError> {
+            let mut log = self.0.lock().unwrap();
+            for r in records {
+                if let LogRecord::ClockBound(n) = r {
+                    log.0.push(*n);
+                }
+            }
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), LogError> {
+            let mut log = self.0.lock().unwrap();
+            let pending = std::mem::take(&mut log.0);
+            log.1.extend(pending);
+            Ok(())
+        }
+        fn load(&self) -> Result<crate::replica::Restored, LogError> {
+            Ok(Default::default())
+        }
+    }
+
+    /// A message waiting on a record leaves only once that record would survive a power
+    /// cut: every release must find its record synced, whatever the batching.
+    #[test]
+    fn no_message_leaves_before_its_record_is_synced() {
+        let log = LazyLog::default();
+        let (inbox, mut rx) = mpsc::channel(1024);
+        let writer = LogWriter::spawn(log.clone(), inbox);
+        let ack = |id| {
+            let msg =
+                PeerMsg::Ack { id: Timestamp::new(id, 1), hw: 0, applied: Timestamp::default() };
+            Envelope { from: 1, to: 2, epoch: 1, msg }
+        };
+        for id in 1..=200 {
+            let records = vec![LogRecord::ClockBound(id)];
+            writer.submit(LogJob { records, after_sync: vec![ack(id)] });
+            if id % 7 == 0 {
+                writer.submit(LogJob { records: vec![commit()], after_sync: vec![] });
+            }
+        }
+        let mut released = 0;
+        while released < 200 {
+            let Some(Input::Synced { messages, .. }) = rx.blocking_recv() else { panic!() };
+            let synced = log.0.lock().unwrap().1.clone();
+            for env in messages {
+                let PeerMsg::Ack { id, .. } = env.msg else { panic!("an ack") };
+                assert!(synced.contains(&id.time), "ack {id} left before its record was synced");
+                released += 1;
+            }
+        }
+        writer.close();
+    }
+
     /// A log whose second sync fails, counting what it was asked to do.
     #[derive(Clone, Default)]
     struct FailingLog(std::sync::Arc<std::sync::Mutex<(usize, usize)>>);
