@@ -5,6 +5,7 @@
 //! [`MemLog`] for the simulation, which models a crash by dropping whatever was not synced.
 
 mod disk;
+pub mod files;
 mod memory;
 mod snapshot_file;
 mod wal;
