@@ -12,6 +12,7 @@ mod wal;
 
 pub use disk::DiskLog;
 pub use memory::MemLog;
+pub use wal::{Wal, WalRecord};
 
 use std::sync::Arc;
 

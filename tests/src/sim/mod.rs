@@ -7,6 +7,7 @@
 //! client finishes and every replica holds the same string and applied sequence. The history
 //! then goes to the checker. The same seed replays the same run exactly.
 
+mod log;
 mod network;
 mod node;
 
@@ -30,6 +31,14 @@ const CLIENT_TIMEOUT_STEPS: u64 = 400;
 const CLIENT_ATTEMPTS: u32 = 4;
 /// Steps allowed after healing for everything to settle.
 const SETTLE_STEPS: u64 = 20_000;
+/// SplitMix64's finaliser: spreads the bits of `x`.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// At least one op in this many must succeed.
 const MIN_OK_SHARE_DENOMINATOR: usize = 4;
 /// Attempts of a probe: it may take all of `SETTLE_STEPS`.
@@ -415,7 +424,11 @@ impl<'a> Sim<'a> {
         let down = self.rng.gen_range(1..=self.cfg.max_down_steps);
         let damaged =
             self.cfg.damage > 0.0 && self.may_damage(victim) && self.rng.gen_bool(self.cfg.damage);
-        self.nodes.get_mut(&victim).expect("node").crash(self.now + down, damaged);
+        // How much of the write under way the disk keeps: from the seed and the step, not the
+        // run's random stream, so that adding it left every seed's schedule as it was.
+        let torn =
+            (mix(self.cfg.seed ^ self.now.rotate_left(32)) >> 11) as f64 / (1u64 << 53) as f64;
+        self.nodes.get_mut(&victim).expect("node").crash(self.now + down, damaged, torn);
         self.crashes += 1;
         self.repairs += usize::from(damaged);
     }

@@ -1,10 +1,13 @@
-//! A simulated node: a replica, its in-memory log and the messages waiting for a sync.
+//! A simulated node: a replica, its log (the real write-ahead file over a file system in
+//! memory) and the messages waiting for a sync.
 
 use std::collections::VecDeque;
 
 use strstore_protocol::{Envelope, Request, Timestamp, View};
-use strstore_server::log::{LogStore, MemLog};
+use strstore_server::log::LogStore;
 use strstore_server::replica::{self, ClientReply, Replica, WaiterId};
+
+use super::log::SimLog;
 
 /// What one step of a node sends out.
 #[derive(Default)]
@@ -21,7 +24,7 @@ pub struct SimNode {
     cfg: replica::Config,
     /// `None` while crashed.
     pub replica: Option<Replica>,
-    log: MemLog,
+    log: SimLog,
     /// After-sync messages waiting for the log to become durable, in order.
     unsynced: Vec<Envelope>,
     inbox: VecDeque<Envelope>,
@@ -42,7 +45,7 @@ impl SimNode {
         Self {
             cfg,
             replica: Some(replica),
-            log: MemLog::default(),
+            log: SimLog::default(),
             unsynced: Vec::new(),
             inbox: VecDeque::new(),
             down_until: 0,
@@ -114,14 +117,14 @@ impl SimNode {
         Ok(())
     }
 
-    /// Stops the node as `kill -9` would: unsynced log writes and queued messages are lost.
-    /// With `damaged`, the whole log is, as when a node finds its data damaged and
-    /// `--repair` moves it aside.
-    pub fn crash(&mut self, until: u64, damaged: bool) {
+    /// Stops the node as a power cut would: unsynced log writes (but the first `torn` share
+    /// of the one under way) and queued messages are lost. With `damaged`, the whole log is,
+    /// as when a node finds its data damaged and `--repair` moves it aside.
+    pub fn crash(&mut self, until: u64, damaged: bool, torn: f64) {
         self.replica = None;
-        self.log.crash();
+        self.log.power_cut(torn);
         if damaged {
-            self.log = MemLog::default();
+            self.log = SimLog::default();
             self.fresh = true;
         }
         self.unsynced.clear();
