@@ -78,8 +78,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             other => other?,
         };
         match welcome {
-            ServerFrame::Welcome { version, node } if version == PROTOCOL_VERSION => {
-                debug!(node, "connected");
+            ServerFrame::Welcome { version, node, max_request_bytes }
+                if version == PROTOCOL_VERSION =>
+            {
+                debug!(node, max_request_bytes, "connected");
+                // Never send what the node would cut off: it closes the connection at the
+                // header, and a client that is still writing sees only a reset and retries.
+                let limit = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
+                framed.codec_mut().limit_writes(limit);
                 Ok(Self { framed, node })
             }
             ServerFrame::Welcome { version, .. } => {

@@ -42,8 +42,8 @@ pub enum ClientError {
     Protocol(String),
     /// The request does not fit in one frame, so it was not sent.
     #[error(
-        "request of {len} bytes exceeds the frame limit of {max} bytes (max_reply_bytes); \
-         it was not sent"
+        "request of {len} bytes exceeds the frame limit of {max} bytes (the node's \
+         --max-frame-bytes, or this client's max_reply_bytes); it was not sent"
     )]
     RequestTooLarge {
         /// Encoded size of the request.

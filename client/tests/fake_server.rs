@@ -94,7 +94,9 @@ async fn serve(
         framed.send(ServerFrame::Goodbye(error)).await.unwrap();
         return;
     }
-    framed.send(ServerFrame::Welcome { version: PROTOCOL_VERSION, node: 7 }).await.unwrap();
+    let welcome =
+        ServerFrame::Welcome { version: PROTOCOL_VERSION, node: 7, max_request_bytes: 1 << 20 };
+    framed.send(welcome).await.unwrap();
     while let Some(Ok(frame)) = framed.next().await {
         let ClientFrame::Request(request) = frame else { panic!("second hello") };
         log.lock().unwrap().push(request.clone());

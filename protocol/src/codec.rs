@@ -59,6 +59,11 @@ impl<In, Out> Codec<In, Out> {
         Self { max_frame_bytes: max_in, max_out_bytes, _types: PhantomData }
     }
 
+    /// Lowers the limit on what this codec writes (it never rises above the one it had).
+    pub fn limit_writes(&mut self, max_out: usize) {
+        self.max_out_bytes = self.max_out_bytes.min(max_out);
+    }
+
     /// The frame limit this codec enforces on what it reads.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_frame_bytes
@@ -238,7 +243,7 @@ mod tests {
 
         #[test]
         fn server_frames_roundtrip(seq: u64, v in arb_bytes(), len: u64, err in arb_error(), node: u64) {
-            roundtrip(ServerFrame::Welcome { version: 1, node });
+            roundtrip(ServerFrame::Welcome { version: 1, node, max_request_bytes: node });
             roundtrip(ServerFrame::Reply(Reply { seq, result: Ok(Response::Value(v)) }));
             roundtrip(ServerFrame::Reply(Reply { seq, result: Ok(Response::Len(len)) }));
             roundtrip(ServerFrame::Reply(Reply { seq, result: Err(err.clone()) }));

@@ -126,7 +126,9 @@ pub enum ClientFrame {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
     /// Accepts the hello; names the node so the client can log whom it talks to.
-    Welcome { version: u32, node: NodeId },
+    /// `max_request_bytes`: the largest frame this node reads; a client refuses a larger
+    /// request itself rather than send what the node can only cut off.
+    Welcome { version: u32, node: NodeId, max_request_bytes: u64 },
     /// Answer to one request.
     Reply(Reply),
     /// The node closes the connection because of this error (version mismatch, bad frame,

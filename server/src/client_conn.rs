@@ -164,7 +164,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Some(Err(e)) => return Err(goodbye(&mut framed, Error::BadRequest(e.to_string())).await),
         None => return Ok(()),
     }
-    let welcome = ServerFrame::Welcome { version: PROTOCOL_VERSION, node: limits.node };
+    let welcome = ServerFrame::Welcome {
+        version: PROTOCOL_VERSION,
+        node: limits.node,
+        max_request_bytes: limits.max_frame_bytes as u64,
+    };
     framed.send(welcome).await.map_err(|e| e.to_string())?;
 
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();

@@ -219,3 +219,25 @@ fn a_string_longer_than_the_frame_limit_reads_back() {
     let err = String::from_utf8_lossy(&small.stderr);
     assert!(err.contains("--offset"), "{err}");
 }
+
+/// A value over the node's frame limit (16 MiB) is refused by the client at once, as
+/// rejected (exit 1), instead of being re-sent until the timeout says the outcome is unknown.
+#[test]
+fn a_request_over_the_nodes_frame_limit_is_refused_at_once() {
+    let c = TestCluster::start(1);
+    let mut child = Command::new(bin("strstore-cli"))
+        .args(["--addr", &c.nodes[0].client_addr.to_string(), "--timeout", "60", "append", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cli");
+    child.stdin.take().expect("stdin").write_all(&vec![b'v'; 17 << 20]).expect("write");
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("cli output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "rejected, not unknown: {err}");
+    assert!(err.contains("it was not sent"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "answered at once");
+    assert_eq!(ok_stdout(&c.cli(1, &["len"])), "0\n");
+}
