@@ -181,24 +181,45 @@ mod tests {
         assert!(!job(vec![commit()], vec![env]).can_wait(), "an ack waits for the flush");
     }
 
-    /// A log that keeps, like a disk after power loss, only what was synced.
-    #[derive(Clone, Default)]
-    struct LazyLog(std::sync::Arc<std::sync::Mutex<(Vec<u64>, Vec<u64>)>>);
+    /// What [`TestLog`] was asked to do: clock bounds appended and not synced, those synced,
+    /// and the calls.
+    #[derive(Default)]
+    struct Seen {
+        pending: Vec<u64>,
+        synced: Vec<u64>,
+        appends: usize,
+        syncs: usize,
+    }
 
-    impl LogStore for LazyLog {
+    /// A log that keeps, like a disk after power loss, only what was synced; its sync number
+    /// `fail_at` (if not 0) and every later one fail.
+    #[derive(Clone, Default)]
+    struct TestLog {
+        seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+        fail_at: usize,
+    }
+
+    impl LogStore for TestLog {
         fn append(&mut self, records: &[LogRecord]) -> Result<(), LogError> {
-            let mut log = self.0.lock().unwrap();
+            let mut seen = self.seen.lock().unwrap();
+            seen.appends += 1;
             for r in records {
                 if let LogRecord::ClockBound(n) = r {
-                    log.0.push(*n);
+                    seen.pending.push(*n);
                 }
             }
             Ok(())
         }
         fn sync(&mut self) -> Result<(), LogError> {
-            let mut log = self.0.lock().unwrap();
-            let pending = std::mem::take(&mut log.0);
-            log.1.extend(pending);
+            let mut seen = self.seen.lock().unwrap();
+            seen.syncs += 1;
+            if self.fail_at != 0 && seen.syncs >= self.fail_at {
+                let source =
+                    std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+                return Err(LogError::Io { path: "wal".into(), what: "syncing".into(), source });
+            }
+            let pending = std::mem::take(&mut seen.pending);
+            seen.synced.extend(pending);
             Ok(())
         }
         fn load(&self) -> Result<crate::replica::Restored, LogError> {
@@ -206,18 +227,18 @@ mod tests {
         }
     }
 
+    fn ack(id: u64) -> Envelope {
+        let msg = PeerMsg::Ack { id: Timestamp::new(id, 1), hw: 0, applied: Timestamp::default() };
+        Envelope { from: 1, to: 2, epoch: 1, msg }
+    }
+
     /// A message waiting on a record leaves only once that record would survive a power
     /// cut: every release must find its record synced, whatever the batching.
     #[test]
     fn no_message_leaves_before_its_record_is_synced() {
-        let log = LazyLog::default();
+        let log = TestLog::default();
         let (inbox, mut rx) = mpsc::channel(1024);
         let writer = LogWriter::spawn(log.clone(), inbox);
-        let ack = |id| {
-            let msg =
-                PeerMsg::Ack { id: Timestamp::new(id, 1), hw: 0, applied: Timestamp::default() };
-            Envelope { from: 1, to: 2, epoch: 1, msg }
-        };
         for id in 1..=200 {
             let records = vec![LogRecord::ClockBound(id)];
             writer.submit(LogJob { records, after_sync: vec![ack(id)] });
@@ -228,7 +249,7 @@ mod tests {
         let mut released = 0;
         while released < 200 {
             let Some(Input::Synced { messages, .. }) = rx.blocking_recv() else { panic!() };
-            let synced = log.0.lock().unwrap().1.clone();
+            let synced = log.seen.lock().unwrap().synced.clone();
             for env in messages {
                 let PeerMsg::Ack { id, .. } = env.msg else { panic!("an ack") };
                 assert!(synced.contains(&id.time), "ack {id} left before its record was synced");
@@ -238,41 +259,13 @@ mod tests {
         writer.close();
     }
 
-    /// A log whose second sync fails, counting what it was asked to do.
-    #[derive(Clone, Default)]
-    struct FailingLog(std::sync::Arc<std::sync::Mutex<(usize, usize)>>);
-
-    impl LogStore for FailingLog {
-        fn append(&mut self, _: &[LogRecord]) -> Result<(), LogError> {
-            self.0.lock().unwrap().0 += 1;
-            Ok(())
-        }
-        fn sync(&mut self) -> Result<(), LogError> {
-            let mut counts = self.0.lock().unwrap();
-            counts.1 += 1;
-            if counts.1 < 2 {
-                return Ok(());
-            }
-            let source = std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
-            Err(LogError::Io { path: "wal".into(), what: "syncing".into(), source })
-        }
-        fn load(&self) -> Result<crate::replica::Restored, LogError> {
-            Ok(Default::default())
-        }
-    }
-
     /// After a failed sync the writer releases nothing of the batch, never syncs again (what
     /// was not synced is presumed lost), and tells the engine; it never aborts the process.
     #[test]
     fn a_failed_sync_releases_nothing_and_stops_the_writer() {
-        let log = FailingLog::default();
+        let log = TestLog { fail_at: 2, ..TestLog::default() };
         let (inbox, mut rx) = mpsc::channel(16);
         let writer = LogWriter::spawn(log.clone(), inbox);
-        let ack = |id| {
-            let msg =
-                PeerMsg::Ack { id: Timestamp::new(id, 1), hw: 0, applied: Timestamp::default() };
-            Envelope { from: 1, to: 2, epoch: 1, msg }
-        };
         let job =
             |id| LogJob { records: vec![LogRecord::ClockBound(id)], after_sync: vec![ack(id)] };
         writer.submit(job(1));
@@ -283,6 +276,8 @@ mod tests {
         writer.submit(job(3));
         writer.close();
         assert!(rx.blocking_recv().is_none(), "nothing released after the failure");
-        assert_eq!(*log.0.lock().unwrap(), (2, 2), "job 3 was never written or synced");
+        let seen = log.seen.lock().unwrap();
+        assert_eq!((seen.appends, seen.syncs), (2, 2), "job 3 was never written or synced");
+        assert_eq!(seen.synced, vec![1], "the failed batch is not taken for durable");
     }
 }

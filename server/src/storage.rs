@@ -181,6 +181,20 @@ fn rejoin_note(aside: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// Opens, waiting out sled's background flusher, which may hold the directory's lock a
+    /// moment after the last handle dropped.
+    fn open_when_free(dir: &Path, repair: bool) -> Result<Storage, StorageError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open(dir, repair, true) {
+                Err(StorageError::Open { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+    }
+
     #[test]
     fn damage_is_refused_without_repair_and_moved_aside_with_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -193,11 +207,10 @@ mod tests {
             .unwrap();
         db.flush().unwrap();
         drop(db);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let err = open(dir.path(), false, true).err().expect("damaged");
+        let err = open_when_free(dir.path(), false).err().expect("damaged");
         let text = err.to_string();
         assert!(text.contains("snapshot file is missing") && text.contains("--repair"), "{text}");
-        let storage = open(dir.path(), true, true).expect("repaired");
+        let storage = open_when_free(dir.path(), true).expect("repaired");
         assert!(storage.fresh_incarnation);
         assert!(storage.restored.snapshot.is_none() && storage.restored.actions.is_empty());
         let aside: Vec<_> = std::fs::read_dir(dir.path())
@@ -208,7 +221,6 @@ mod tests {
         assert_eq!(aside.len(), 1, "one directory holds the damaged data");
         assert!(aside[0].path().join("conf").exists(), "sled's files were moved, not deleted");
         drop(storage);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(open(dir.path(), false, true).unwrap().fresh_incarnation, "until it rejoins");
+        assert!(open_when_free(dir.path(), false).unwrap().fresh_incarnation, "until it rejoins");
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc};
 use strstore_protocol::{Action, Ballot, Deps, Epoch, Timestamp, ViewProposal};
 
 use super::snapshot_file::SnapshotFile;
-use super::wal::{Wal, WalRecord};
+use super::wal::Wal;
 use super::{LogError, LogStore};
 use crate::replica::{LogRecord, Restored, SnapshotRecord};
 
@@ -235,10 +235,10 @@ impl DiskLog {
 
 impl LogStore for DiskLog {
     fn append(&mut self, records: &[LogRecord]) -> Result<(), LogError> {
-        for record in records {
+        for record in records.iter().filter(|r| !self.wal.append_record(r)) {
             match record {
-                LogRecord::Action(a) => self.wal.append_action(a),
-                LogRecord::Commit { id, deps } => self.wal.append_commit(*id, deps),
+                // Taken by the write-ahead file above.
+                LogRecord::Action(_) | LogRecord::Commit { .. } => {}
                 LogRecord::ClockBound(b) => {
                     self.meta.insert(CLOCK_BOUND_KEY, &b.to_be_bytes())?;
                     self.meta_dirty = true;
@@ -289,13 +289,7 @@ impl LogStore for DiskLog {
 
     fn load(&self) -> Result<Restored, LogError> {
         let mut restored = Restored::default();
-        for record in self.wal.read_all()? {
-            match record {
-                WalRecord::Action(a) => restored.actions.push(a),
-                WalRecord::Commit { id, deps } => restored.commits.push((id, deps)),
-            }
-        }
-        restored.actions.sort_by_key(|a| a.id);
+        self.wal.restore_into(&mut restored)?;
         if let Some(v) = self.meta.get(CLOCK_BOUND_KEY)? {
             let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| LogError::Corrupt {
                 key: CLOCK_BOUND_KEY.to_vec(),

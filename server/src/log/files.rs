@@ -112,7 +112,9 @@ struct LazyFile {
 }
 
 /// A file system in memory that loses, at [`LazyFiles::power_cut`], every byte not synced
-/// and every file whose directory entry was not. Cloning shares the same files.
+/// and every file whose directory entry was not. A removal is durable at once (a real one
+/// may come back after a cut; for the write-ahead file that only brings back a segment a
+/// snapshot covers, whose actions a restart skips). Cloning shares the same files.
 #[derive(Clone, Default)]
 pub struct LazyFiles {
     files: Arc<Mutex<BTreeMap<PathBuf, LazyFile>>>,

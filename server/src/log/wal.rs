@@ -25,6 +25,7 @@ use strstore_protocol::{Action, Deps, Epoch, Timestamp};
 
 use super::files::{DiskFiles, Files, SegmentFile};
 use super::LogError;
+use crate::replica::{LogRecord, Restored};
 
 /// Segments grow to about this size before a new one is started.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -287,6 +288,29 @@ impl Wal {
                 Err(e)
             }
         }
+    }
+
+    /// Appends `record` if it is one the write-ahead file keeps (an action or a commit
+    /// record); false for the others, which the caller keeps elsewhere.
+    pub fn append_record(&mut self, record: &LogRecord) -> bool {
+        match record {
+            LogRecord::Action(a) => self.append_action(a),
+            LogRecord::Commit { id, deps } => self.append_commit(*id, deps),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Adds every synced action and commit record to `restored` (actions sorted by id).
+    pub fn restore_into(&self, restored: &mut Restored) -> Result<(), LogError> {
+        for record in self.read_all()? {
+            match record {
+                WalRecord::Action(a) => restored.actions.push(a),
+                WalRecord::Commit { id, deps } => restored.commits.push((id, deps)),
+            }
+        }
+        restored.actions.sort_by_key(|a| a.id);
+        Ok(())
     }
 
     pub fn append_action(&mut self, action: &Action) {

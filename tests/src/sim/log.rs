@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strstore_server::log::files::LazyFiles;
-use strstore_server::log::{LogError, LogStore, MemLog, Wal, WalRecord};
+use strstore_server::log::{LogError, LogStore, MemLog, Wal};
 use strstore_server::replica::{LogRecord, Restored};
 
 /// Bytes the simulated write-ahead file reserves at a time: small, so that a run allocates
@@ -46,12 +46,8 @@ impl SimLog {
 
 impl LogStore for SimLog {
     fn append(&mut self, records: &[LogRecord]) -> Result<(), LogError> {
-        for record in records {
-            match record {
-                LogRecord::Action(a) => self.wal.append_action(a),
-                LogRecord::Commit { id, deps } => self.wal.append_commit(*id, deps),
-                other => self.rest.append(std::slice::from_ref(other))?,
-            }
+        for record in records.iter().filter(|r| !self.wal.append_record(r)) {
+            self.rest.append(std::slice::from_ref(record))?;
         }
         Ok(())
     }
@@ -63,13 +59,7 @@ impl LogStore for SimLog {
 
     fn load(&self) -> Result<Restored, LogError> {
         let mut restored = self.rest.load()?;
-        for record in self.wal.read_all()? {
-            match record {
-                WalRecord::Action(a) => restored.actions.push(a),
-                WalRecord::Commit { id, deps } => restored.commits.push((id, deps)),
-            }
-        }
-        restored.actions.sort_by_key(|a| a.id);
+        self.wal.restore_into(&mut restored)?;
         Ok(restored)
     }
 }
