@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use strstore_protocol::{NodeId, DEFAULT_MAX_FRAME_BYTES};
 
+use crate::edge::reader::RequestBudget;
 use crate::replica::{self, Limits};
 use crate::tls::{ClientAuth, NodeFiles, TlsSettings};
 
@@ -81,9 +82,25 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 1, env = "STRSTORE_WORKER_THREADS")]
     pub worker_threads: usize,
 
-    /// Most client connections served at once.
-    #[arg(long, default_value_t = 1024)]
-    pub max_connections: usize,
+    /// Most client connections served at once. Default: what the open-files limit affords
+    /// (the node raises its soft limit to the hard one at start, keeps descriptors for its
+    /// log, snapshots and peers, and gives an eighth of the rest to peer handshakes); a
+    /// larger value is lowered to that. At the cap, the oldest connection still in its hello,
+    /// then the one idle longest, is closed to let a new one in.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client connection with no request in flight may send nothing before the
+    /// node closes it (0: never). Clients reconnect by themselves.
+    #[arg(long, value_name = "SECS", default_value_t = crate::client_conn::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pub client_idle_timeout: u64,
+
+    /// Bytes that client requests being read may hold in memory, across all connections; a
+    /// request that finds it in use waits up to 2 s, then is refused as busy (clients retry).
+    /// Default: half of --max-string-bytes, but at least 2 x --max-frame-bytes so that the
+    /// largest frame always fits.
+    #[arg(long, value_name = "BYTES")]
+    pub request_memory_bytes: Option<usize>,
 
     /// Applied actions between two snapshots; a snapshot compacts the log (0: only at view
     /// changes). A large string waits longer: until the writes since the last snapshot add up
@@ -133,7 +150,11 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     pub tick: Duration,
     pub window: usize,
-    pub max_connections: usize,
+    /// The operator's cap on client connections; the open-files limit may lower it.
+    pub max_connections: Option<usize>,
+    /// `None`: idle client connections are never closed.
+    pub client_idle_timeout: Option<Duration>,
+    pub request_memory_bytes: usize,
     pub snapshot_every: u64,
     /// TLS material and client-port mode; `None` only for a single node without --tls-dir.
     pub tls: Option<TlsSettings>,
@@ -220,7 +241,15 @@ impl NodeArgs {
                 self.max_string_bytes
             )));
         }
-        if self.tick_ms == 0 || self.window == 0 || self.max_connections == 0 {
+        let request_memory_bytes = self.request_memory_bytes();
+        if RequestBudget::new(request_memory_bytes, self.max_frame_bytes).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "--request-memory-bytes ({request_memory_bytes}) must be at most 4 GiB and leave \
+                 --max-frame-bytes ({}) for one frame after its eighth kept for small requests",
+                self.max_frame_bytes
+            )));
+        }
+        if self.tick_ms == 0 || self.window == 0 || self.max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "--tick-ms, --window and --max-connections must be > 0".into(),
             ));
@@ -251,8 +280,18 @@ impl NodeArgs {
             tick: Duration::from_millis(self.tick_ms),
             window: self.window,
             max_connections: self.max_connections,
+            client_idle_timeout: (self.client_idle_timeout > 0)
+                .then(|| Duration::from_secs(self.client_idle_timeout)),
+            request_memory_bytes,
             snapshot_every: self.snapshot_every,
             tls,
+        })
+    }
+
+    fn request_memory_bytes(&self) -> usize {
+        self.request_memory_bytes.unwrap_or_else(|| {
+            let half_string = usize::try_from(self.max_string_bytes / 2).unwrap_or(usize::MAX);
+            half_string.max(self.max_frame_bytes.saturating_mul(2)).min(u32::MAX as usize)
         })
     }
 

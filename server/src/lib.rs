@@ -14,6 +14,7 @@
 pub mod certs;
 pub mod client_conn;
 pub mod config;
+pub mod edge;
 pub mod health;
 pub mod log;
 pub mod log_writer;

@@ -8,11 +8,15 @@ use std::sync::Arc;
 
 use strstore_protocol::{Envelope, NodeSettings, Request, ServerFrame};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::client_conn;
 use crate::config::NodeConfig;
+use crate::edge::fd_limits::{self, FdLimitError};
+use crate::edge::reader::RequestBudget;
+use crate::edge::slots::Slots;
+use crate::edge::throttle::Throttle;
 use crate::health::Sampler;
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{LogRecord, Ready, Replica, WaiterId};
@@ -53,6 +57,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    FdLimit(#[from] FdLimitError),
 }
 
 /// Addresses a running node is listening on (useful when binding port 0).
@@ -74,6 +80,7 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
     tokio::pin!(shutdown);
+    let edge = Edge::new(&cfg)?;
     let mut storage = open_storage(&cfg)?;
     let tls = cfg.tls.clone().map(TlsState::load).transpose()?;
     let listeners = bind_listeners(&cfg, &tls).await?;
@@ -81,7 +88,7 @@ pub async fn run(
     tokio::spawn(watch_sighup(tls.clone(), sighup_stopped));
     on_bound(listeners.bound);
     loop {
-        match run_life(&cfg, storage, &listeners, &tls, shutdown.as_mut()).await {
+        match run_life(&cfg, storage, &listeners, &edge, &tls, shutdown.as_mut()).await {
             Stopped::Shutdown => break,
             Stopped::DiskHasRoom => {
                 info!("the data directory has room again; restarting the node from its log");
@@ -92,6 +99,47 @@ pub async fn run(
     let _ = stop_sighup.send(true);
     info!("node stopped; log flushed");
     Ok(())
+}
+
+/// What bounds the connections strangers can open, shared by every life of the node.
+struct Edge {
+    client_slots: Slots,
+    peer_handshakes: Slots,
+    budget: RequestBudget,
+}
+
+impl Edge {
+    /// Raises the open-files limit and derives the connection caps from it.
+    fn new(cfg: &NodeConfig) -> Result<Self, ServerError> {
+        let open_files = fd_limits::raise_open_files_limit();
+        let caps = fd_limits::derive_caps(open_files, cfg.peers.len(), cfg.max_connections)?;
+        if let Some(wanted) = cfg.max_connections.filter(|w| *w > caps.clients) {
+            warn!(
+                wanted,
+                open_files,
+                "--max-connections {wanted} does not fit the open-files limit ({open_files}); \
+                 serving at most {} clients (raise the hard limit to serve more)",
+                caps.clients
+            );
+        }
+        info!(
+            open_files,
+            clients = caps.clients,
+            peer_handshakes = caps.peer_handshakes,
+            request_memory_bytes = cfg.request_memory_bytes,
+            "connection limits: at most {} client connections and {} peer connections in \
+             their handshake; the other descriptors stay with the log, snapshots and peers",
+            caps.clients,
+            caps.peer_handshakes
+        );
+        let budget = RequestBudget::new(cfg.request_memory_bytes, cfg.max_frame_bytes)
+            .expect("the configuration checks the request budget");
+        Ok(Self {
+            client_slots: Slots::new(caps.clients),
+            peer_handshakes: Slots::new(caps.peer_handshakes),
+            budget,
+        })
+    }
 }
 
 /// Why [`Engine::run`] returned.
@@ -144,6 +192,7 @@ async fn run_life(
     cfg: &NodeConfig,
     storage: Storage,
     listeners: &Listeners,
+    edge: &Edge,
     tls: &Option<TlsState>,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Stopped {
@@ -160,7 +209,7 @@ async fn run_life(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
-    let peers = spawn_io(cfg, listeners, tls, replica.view(), &inbox_tx, &stop_rx);
+    let peers = spawn_io(cfg, listeners, edge, tls, replica.view(), &inbox_tx, &stop_rx);
     let writer = LogWriter::spawn(log, inbox_tx);
     info!(client = %listeners.bound.client, peer = ?listeners.bound.peer, "node ready");
     let engine = Engine {
@@ -186,6 +235,7 @@ async fn run_life(
 fn spawn_io(
     cfg: &NodeConfig,
     listeners: &Listeners,
+    edge: &Edge,
     tls: &Option<TlsState>,
     view: &strstore_protocol::View,
     inbox: &mpsc::Sender<Input>,
@@ -201,6 +251,8 @@ fn spawn_io(
             me: cfg.id,
             max_frame_bytes: peer_frame_bytes,
             tls: tls.clone(),
+            handshakes: edge.peer_handshakes.clone(),
+            throttle: Throttle::new("the peer port"),
         };
         let listener = Arc::clone(listener);
         tokio::spawn(transport::accept_peers(listener, accept, inbox.clone(), stop.clone()));
@@ -208,8 +260,11 @@ fn spawn_io(
     let limits = client_conn::ConnLimits {
         node: cfg.id,
         max_frame_bytes: cfg.max_frame_bytes,
-        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        slots: edge.client_slots.clone(),
+        budget: edge.budget.clone(),
+        idle_timeout: cfg.client_idle_timeout,
         tls: tls.clone().filter(TlsState::serves_clients),
+        throttle: Throttle::new("the client port"),
     };
     let listener = Arc::clone(&listeners.client);
     tokio::spawn(client_conn::accept_clients(listener, limits, inbox.clone(), stop.clone()));

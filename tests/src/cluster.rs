@@ -84,6 +84,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
     args: Vec<String>,
+    /// `ulimit -n` the process starts under, if lowered (a common default is 1024).
+    open_files_limit: Option<u64>,
     child: Option<Child>,
 }
 
@@ -108,7 +110,18 @@ impl TestNode {
             .append(true)
             .open(&self.log_file)
             .expect("node log file");
-        let child = Command::new(bin("strstore-server"))
+        let mut command = match self.open_files_limit {
+            None => Command::new(bin("strstore-server")),
+            // `ulimit -n` in sh lowers both the soft and the hard limit, as a machine whose
+            // default is that low would have them.
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")]);
+                sh.arg(bin("strstore-server"));
+                sh
+            }
+        };
+        let child = command
             .args(&self.args)
             .env("RUST_LOG", std::env::var("STRSTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
@@ -135,6 +148,26 @@ impl TestNode {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the node under `ulimit -n limit` from its next start on.
+    pub fn set_open_files_limit(&mut self, limit: u64) {
+        self.open_files_limit = Some(limit);
+    }
+
+    /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes, while running.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// File descriptors the process holds open, while running.
+    pub fn open_fds(&self) -> Option<usize> {
+        Some(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?.count())
     }
 
     /// Flags added to the node's command line from its next start on.
@@ -267,6 +300,16 @@ impl TestCluster {
         extra: &[&str],
         per_node: impl Fn(u64) -> Vec<&'static str>,
     ) -> Self {
+        Self::configure(n, tls, extra, per_node).start_all()
+    }
+
+    /// The cluster's nodes, configured but not started.
+    fn configure(
+        n: usize,
+        tls: bool,
+        extra: &[&str],
+        per_node: impl Fn(u64) -> Vec<&'static str>,
+    ) -> Self {
         let dir = tempfile::Builder::new().prefix("strstore-test-").tempdir().expect("temp dir");
         let ids: Vec<u64> = (1..=n as u64).collect();
         let tls_dir = tls.then(|| dir.path().join("tls"));
@@ -302,13 +345,27 @@ impl TestCluster {
                 data_dir,
                 log_file,
                 args,
+                open_files_limit: None,
                 child: None,
             });
         }
-        for node in &mut nodes {
+        Self { nodes, peers, tls_dir, dir }
+    }
+
+    fn start_all(mut self) -> Self {
+        for node in &mut self.nodes {
             node.start();
         }
-        Self { nodes, peers, tls_dir, dir }
+        self
+    }
+
+    /// Like [`TestCluster::start`], with every node under `ulimit -n open_files`.
+    pub fn start_with_open_files_limit(n: usize, open_files: u64) -> Self {
+        let mut cluster = Self::configure(n, n > 1, &[], |_| Vec::new());
+        for node in &mut cluster.nodes {
+            node.set_open_files_limit(open_files);
+        }
+        cluster.start_all()
     }
 
     /// A node that is not one of the cluster's processes but uses its `--peers` list: it
@@ -336,7 +393,16 @@ impl TestCluster {
         .to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         let log_file = self.dir.path().join(format!("{name}.log"));
-        TestNode { id, client_addr, peer_addr, data_dir, log_file, args, child: None }
+        TestNode {
+            id,
+            client_addr,
+            peer_addr,
+            data_dir,
+            log_file,
+            args,
+            open_files_limit: None,
+            child: None,
+        }
     }
 
     /// Flags that give node `id` the cluster's TLS material: `--tls-dir DIR`, after creating
@@ -379,8 +445,16 @@ impl TestCluster {
         // A joiner needs a certificate for its id from the cluster CA, like any peer.
         args.extend(self.node_tls_args(id));
         let log_file = self.dir.path().join(format!("n{id}.log"));
-        let mut node =
-            TestNode { id, client_addr, peer_addr, data_dir, log_file, args, child: None };
+        let mut node = TestNode {
+            id,
+            client_addr,
+            peer_addr,
+            data_dir,
+            log_file,
+            args,
+            open_files_limit: None,
+            child: None,
+        };
         node.start();
         self.nodes.push(node);
         id

@@ -11,8 +11,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use crate::edge::slots::{Admission, Slot, Slots};
+use crate::edge::throttle::Throttle;
 use crate::server::Input;
 use crate::tls::sniff::{self, Opening};
 use crate::tls::{identity, TlsState, HANDSHAKE_TIMEOUT};
@@ -25,6 +27,10 @@ pub struct AcceptConfig {
     pub me: NodeId,
     pub max_frame_bytes: usize,
     pub tls: TlsState,
+    /// Slots for connections not yet authenticated; at the cap the oldest is shed.
+    pub handshakes: Slots,
+    /// Warnings about refused connections, rate-limited.
+    pub throttle: Throttle,
 }
 
 /// How a peer connection ended.
@@ -44,33 +50,50 @@ pub async fn accept_peers(
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
 ) {
+    tokio::spawn(config.throttle.clone().summarise_until(shutdown.clone()));
+    let mut backoff = Duration::from_millis(10);
     loop {
         let mut stop = shutdown.clone();
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(conn) => conn,
+                Ok(conn) => { backoff = Duration::from_millis(10); conn }
                 Err(e) => {
-                    warn!(error = %e, "accepting a peer connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    config.throttle.warn("accept failed", || format!("accepting a peer connection failed: {e}; backing off {backoff:?}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
+        // Unauthenticated connections are never busy, so there is always one to shed.
+        let slot = match config.handshakes.admit() {
+            Admission::Admitted(slot) => slot,
+            Admission::Shed(slot, _) => {
+                let cap = config.handshakes.cap();
+                config.throttle.warn("shed at the handshake limit", || {
+                    format!("{cap} peer connections in their handshake (the limit): shed the oldest to let {addr} in")
+                });
+                slot
+            }
+            Admission::Full => continue,
+        };
         let config = config.clone();
         let inbox = inbox.clone();
         tokio::spawn(async move {
             tokio::select! {
-                end = serve_peer(stream, addr, &config, inbox) => log_end(addr, end),
+                end = serve_peer(stream, addr, slot, &config, inbox) => log_end(addr, end, &config.throttle),
                 _ = stop.changed() => {}
             }
         });
     }
 }
 
-fn log_end(addr: SocketAddr, end: PeerEnd) {
+fn log_end(addr: SocketAddr, end: PeerEnd, throttle: &Throttle) {
     match end {
-        PeerEnd::Refused(reason) => warn!(%addr, "peer at {addr} {reason}; refused"),
+        PeerEnd::Refused(reason) => {
+            throttle.warn("refused", || format!("peer at {addr} {reason}; refused"))
+        }
         PeerEnd::Closed(reason) => info!(%addr, %reason, "peer connection closed"),
         PeerEnd::Silent => debug!(%addr, "connection to the peer port closed before any byte"),
     }
@@ -79,10 +102,15 @@ fn log_end(addr: SocketAddr, end: PeerEnd) {
 async fn serve_peer(
     stream: TcpStream,
     addr: SocketAddr,
+    slot: Slot,
     config: &AcceptConfig,
     inbox: mpsc::Sender<Input>,
 ) -> PeerEnd {
-    let authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(stream, config)).await;
+    let shed = slot.shed();
+    let authenticated = tokio::select! {
+        authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(stream, config)) => authenticated,
+        () = shed => return PeerEnd::Refused("was still in its handshake when the handshake limit was reached (shed)".into()),
+    };
     let (peer, frames) = match authenticated {
         Ok(Ok(peer)) => peer,
         Ok(Err(end)) => return end,
@@ -92,6 +120,8 @@ async fn serve_peer(
             ))
         }
     };
+    // Authenticated: a cluster member, no longer counted against the handshake limit.
+    drop(slot);
     info!(peer, %addr, "peer n{peer} connected; its certificate proves its id");
     receive(peer, frames, config.me, inbox).await
 }
