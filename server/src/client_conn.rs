@@ -84,9 +84,9 @@ pub async fn accept_clients(
                 () = shed => Err(("shed", "closed to make room for a newer connection".into())),
             };
             if let Err((kind, reason)) = end {
-                limits
-                    .throttle
-                    .warn(kind, || format!("client connection from {addr} closed: {reason}"));
+                let verb = if REFUSALS.contains(&kind) { "refused" } else { "closed" };
+                let message = || format!("client connection {verb}: {reason} (client {addr})");
+                limits.throttle.warn(kind, message);
             }
         });
     }
@@ -115,6 +115,9 @@ fn admit(limits: &ConnLimits, addr: SocketAddr) -> Option<Slot> {
         }
     }
 }
+
+/// Kinds of [`ConnEnd`] that turned a connection away before it was served.
+const REFUSALS: [&str; 3] = ["wrong mode", "TLS handshake failed", "bad hello"];
 
 /// Why a connection ended early: a kind (for the throttled summary) and the reason.
 type ConnEnd = Result<(), (&'static str, String)>;
@@ -146,12 +149,12 @@ async fn open(
                           (start the node with --client-tls, or connect without TLS)";
             let mut framed = FramedWrite::new(stream, Codec::<ClientFrame, ServerFrame>::new(1024));
             let _ = framed.send(ServerFrame::Goodbye(Error::BadRequest(reason.into()))).await;
-            Err(("wrong mode", format!("refused: {reason}")))
+            Err(("wrong mode", reason.to_string()))
         }
         (Some(_), Opening::Plaintext(first)) => {
             sniff::refuse_plaintext(&mut stream).await;
             Err(("wrong mode", format!(
-                "refused: plaintext (first byte {first:#04x}) on a TLS client port; the client needs --tls-ca"
+                "plaintext (first byte {first:#04x}) on a TLS client port; the client needs --tls-ca"
             )))
         }
         (Some(tls), Opening::Tls) => {
@@ -161,10 +164,7 @@ async fn open(
                 Ok(Ok(stream)) => serve(stream, slot, accepted, limits, inbox, shutdown).await,
                 Ok(Err(e)) => {
                     let reason = sniff::describe_handshake_error(&e);
-                    Err((
-                        "TLS handshake failed",
-                        format!("refused: TLS handshake failed: {reason}"),
-                    ))
+                    Err(("TLS handshake failed", format!("TLS handshake failed: {reason}")))
                 }
                 Err(_) => {
                     Err(("slow hello", format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")))

@@ -67,6 +67,32 @@ fn node_claiming_another_id_than_its_certificate_is_refused() {
     assert_cluster_works(&c, "<still-fine>");
 }
 
+/// Hosts really named `node-1`, `node-2`, `node-3` go into every certificate as host names;
+/// they must not make node 2's certificate pass as node 3's. The certificates are re-issued
+/// into the running cluster's directory (same CA) and picked up on SIGHUP, as in a rotation.
+#[test]
+fn host_names_like_node_names_do_not_let_one_node_pose_as_another() {
+    let c = TestCluster::start(3);
+    make_certs(c.tls_dir(), &[1, 2, 3], &["--hosts", "node-1,node-2,node-3,127.0.0.1"]);
+    for node in &c.nodes {
+        node.hangup();
+        assert!(node.wait_for_log("reloaded TLS material", LOG_WAIT), "{}", node.log());
+    }
+    let evil = c.dir().join("evil");
+    copy_files(
+        c.tls_dir(),
+        &evil,
+        &[("ca.pem", "ca.pem"), ("node-2.pem", "node-3.pem"), ("node-2-key.pem", "node-3-key.pem")],
+    );
+    let mut impostor = c.outsider(3, &evil, &["--tls-skip-own-check"]);
+    impostor.start();
+    for id in [1, 2] {
+        let refused = "claims node 3 but its certificate is for node 2; refused";
+        assert!(c.nodes[id - 1].wait_for_log(refused, LOG_WAIT), "n{id}:\n{}", c.logs());
+    }
+    assert_cluster_works(&c, "<rotated>");
+}
+
 /// (b) A node whose certificate comes from another CA is refused during the handshake,
 /// whether it trusts our CA (it presents its certificate, and we refuse it) or not (it
 /// refuses ours, and we log its alert).

@@ -1,15 +1,16 @@
 //! Certificate contents: what the CA, node and client certificates say. Pure apart from key
 //! generation, so tests can make certificates in memory.
 
+use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use strstore_protocol::NodeId;
 use time::{Duration, OffsetDateTime};
 
-use crate::tls::identity::node_name;
+use crate::tls::identity::node_uri;
 
 /// Start of the common name of the CAs we create; also how an operator recognises one.
 /// A random suffix makes every CA's name unique, so that a certificate from another
@@ -72,38 +73,39 @@ pub fn load_ca(cert_pem: &str, key_pem: &str) -> Result<Ca, rcgen::Error> {
     Issuer::from_ca_cert_pem(cert_pem, key)
 }
 
-/// A certificate for node `id`: DNS name `node-<id>` (its identity) plus `hosts` (DNS names or
-/// IP addresses clients reach it at), usable as both TLS server and TLS client, because a node
-/// accepts connections and dials them.
+/// A certificate for node `id`: the URI `strstore:node:<id>` (its identity, in a field no
+/// host name can take) plus `hosts` (DNS names or IP addresses clients reach it at), usable
+/// as both TLS server and TLS client, because a node accepts connections and dials them.
 pub fn node_cert(
     ca: &Ca,
     id: NodeId,
     hosts: &[String],
     validity: Validity,
 ) -> Result<Issued, rcgen::Error> {
-    let identity = node_name(id);
-    let mut names = vec![identity.clone()];
-    names.extend(hosts.iter().filter(|h| **h != identity).cloned());
+    let identity = SanType::URI(Ia5String::try_from(node_uri(id))?);
     let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    leaf(ca, &identity, names, usages, validity)
+    let common_name = format!("strstore node {id}");
+    leaf(ca, &common_name, hosts.to_vec(), Some(identity), usages, validity)
 }
 
 /// A client certificate (DNS name `client`), usable only as a TLS client: it can never pass
 /// as a node, because it names no node and cannot serve.
 pub fn client_cert(ca: &Ca, validity: Validity) -> Result<Issued, rcgen::Error> {
     let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    leaf(ca, CLIENT_NAME, vec![CLIENT_NAME.into()], usages, validity)
+    leaf(ca, CLIENT_NAME, vec![CLIENT_NAME.into()], None, usages, validity)
 }
 
 fn leaf(
     ca: &Ca,
     common_name: &str,
     names: Vec<String>,
+    identity: Option<SanType>,
     usages: Vec<ExtendedKeyUsagePurpose>,
     validity: Validity,
 ) -> Result<Issued, rcgen::Error> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names)?;
+    params.subject_alt_names.extend(identity);
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

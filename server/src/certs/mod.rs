@@ -1,6 +1,7 @@
 //! `strstore-server certs`: creates the cluster CA and the node and client certificates.
 //!
-//! Why a command of our own: every node must present a certificate that names `node-<id>`,
+//! Why a command of our own: every node must present a certificate that names
+//! `strstore:node:<id>`,
 //! is signed by the cluster CA, and may serve as both TLS server and client; getting names,
 //! key usages and file modes right by hand is error-prone, and a mistake only shows up as
 //! refused connections. Running it again with the same `--dir` reuses the CA, so it also adds
@@ -40,7 +41,8 @@ pub struct CertsArgs {
 
     /// Host names and IP addresses the nodes are reached at, comma-separated. `NAME` goes into
     /// every node's certificate, `ID=NAME` only into node ID's. Clients check the name they
-    /// dialled against it; peers check only the `node-<id>` name, which every node gets.
+    /// dialled against it; peers check only the node's identity (the URI `strstore:node:<id>`,
+    /// which every node gets and no host name can match), so hosts may be named `node-1`.
     #[arg(long, value_name = "[ID=]NAME,...", value_delimiter = ',', default_value = DEFAULT_HOSTS)]
     pub hosts: Vec<String>,
 
@@ -228,6 +230,12 @@ impl HostPlan {
 
 /// A host must be an IP address or a DNS name (no port, no scheme).
 fn check_host(name: &str) -> Result<(), String> {
+    if name.to_ascii_lowercase().starts_with("strstore:") {
+        return Err(format!(
+            "{name:?} looks like a node identity, not a host name: every node certificate gets \
+             its identity (strstore:node:<id>) from --nodes"
+        ));
+    }
     if name.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
     }
@@ -336,7 +344,7 @@ mod tests {
         let plan = HostPlan::parse(&["a.example".into(), "2=10.0.0.2".into(), " ".into()]).unwrap();
         assert_eq!(plan.for_node(1), ["a.example"]);
         assert_eq!(plan.for_node(2), ["a.example", "10.0.0.2"]);
-        for bad in ["host:7001", "x=name", "http://a"] {
+        for bad in ["host:7001", "x=name", "http://a", "strstore:node:2", "1=strstore:node:2"] {
             assert!(HostPlan::parse(&[bad.into()]).is_err(), "{bad}");
         }
         assert!(matches!(unique_nodes(&[1, 2, 1]), Err(CertsError::DuplicateNode(1))));

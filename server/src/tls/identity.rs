@@ -1,26 +1,45 @@
 //! Node identity in certificates.
 //!
-//! A node's certificate names it with the DNS subject alternative name `node-<id>`. Both ends
-//! of a peer connection check that name, so identity never depends on addresses: the dialler
-//! verifies the server certificate for `node-<peer id>`, and the acceptor checks that the id a
-//! dialler claims in its hello is named by the client certificate it presented.
+//! A node's certificate names it with the URI subject alternative name `strstore:node:<id>`,
+//! a field of its own: host names (DNS and IP names, which clients check) can never be taken
+//! for an identity, so a certificate for hosts called `node-1,node-2,node-3` still proves one
+//! node only. Both ends of a peer connection check the URI and nothing else: the dialler that
+//! wants node `id` (it asks for the TLS server name `node-<id>`, used only to carry the id to
+//! [`NodeServerVerifier`]), and the acceptor, which checks the id claimed in the hello.
 
-use rustls::pki_types::{CertificateDer, DnsName, ServerName};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, DnsName, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use strstore_protocol::NodeId;
-use webpki::EndEntityCert;
+use x509_parser::extensions::GeneralName;
 
-/// Prefix of the DNS name that carries a node id (`node-3`).
-const NODE_NAME_PREFIX: &str = "node-";
+/// Prefix of the URI that carries a node id (`strstore:node:3`).
+pub const NODE_URI_PREFIX: &str = "strstore:node:";
 
-/// The name node `id` has in certificates: `node-<id>`.
-pub fn node_name(id: NodeId) -> String {
-    format!("{NODE_NAME_PREFIX}{id}")
+/// Prefix of the TLS server name a dialler asks for (`node-3`); never matched against names
+/// in the certificate.
+const SERVER_NAME_PREFIX: &str = "node-";
+
+/// The identity URI of node `id`.
+pub fn node_uri(id: NodeId) -> String {
+    format!("{NODE_URI_PREFIX}{id}")
 }
 
-/// The TLS server name a dialler verifies when it connects to node `id`.
+/// The TLS server name a dialler uses when it connects to node `id`.
 pub fn node_server_name(id: NodeId) -> ServerName<'static> {
-    let name = DnsName::try_from(node_name(id)).expect("node-<digits> is a valid DNS name");
+    let name = DnsName::try_from(format!("{SERVER_NAME_PREFIX}{id}"))
+        .expect("node-<digits> is a valid DNS name");
     ServerName::DnsName(name)
+}
+
+/// The node id a dialler's server name asks for.
+fn wanted_node(name: &ServerName<'_>) -> Option<NodeId> {
+    let ServerName::DnsName(name) = name else { return None };
+    name.as_ref().strip_prefix(SERVER_NAME_PREFIX)?.parse().ok()
 }
 
 /// Why a presented certificate does not prove the claimed node id.
@@ -36,38 +55,113 @@ pub enum ClaimError {
 
 fn describe_ids(ids: &[NodeId]) -> String {
     match ids {
-        [] => "no node (it is not a node certificate)".into(),
+        [] => format!(
+            "no node (it has no {NODE_URI_PREFIX}<id> name: a client certificate, or one made \
+             before node identities had a field of their own; re-issue it with \
+             `strstore-server certs`)"
+        ),
         [one] => format!("node {one}"),
         many => {
             let list: Vec<String> = many.iter().map(ToString::to_string).collect();
-            format!("nodes {}", list.join(", "))
+            format!("nodes {} (a node certificate names exactly one)", list.join(", "))
         }
     }
 }
 
+/// The node ids a certificate's identity URIs name.
+pub fn certified_nodes(cert: &CertificateDer<'_>) -> Result<Vec<NodeId>, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
+    let san = parsed.subject_alternative_name().map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    for name in san.iter().flat_map(|san| san.value.general_names.iter()) {
+        let GeneralName::URI(uri) = name else { continue };
+        let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) else { continue };
+        ids.push(id.parse().map_err(|_| format!("malformed node identity {uri:?}"))?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// Checks that `cert` (already verified against the cluster CA by the TLS handshake) names
-/// node `claimed`. The match uses webpki's name check, not our own parsing.
+/// node `claimed` and no other.
 pub fn check_claim(cert: &CertificateDer<'_>, claimed: NodeId) -> Result<(), ClaimError> {
-    let unreadable = |e: webpki::Error| ClaimError::Unreadable { claimed, reason: e.to_string() };
-    let parsed = EndEntityCert::try_from(cert).map_err(unreadable)?;
-    match parsed.verify_is_valid_for_subject_name(&node_server_name(claimed)) {
-        Ok(()) => Ok(()),
-        Err(_) => Err(ClaimError::WrongNode { claimed, certified: node_ids(&parsed) }),
+    let certified =
+        certified_nodes(cert).map_err(|reason| ClaimError::Unreadable { claimed, reason })?;
+    if certified == [claimed] {
+        Ok(())
+    } else {
+        Err(ClaimError::WrongNode { claimed, certified })
     }
 }
 
-/// Node ids a certificate names, for log messages (never for the identity decision itself).
-fn node_ids(cert: &EndEntityCert<'_>) -> Vec<NodeId> {
-    let mut ids: Vec<NodeId> = cert
-        .valid_dns_names()
-        .filter_map(|name| {
-            let (prefix, id) = name.split_at_checked(NODE_NAME_PREFIX.len())?;
-            prefix.eq_ignore_ascii_case(NODE_NAME_PREFIX).then(|| id.parse().ok())?
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// Verifies a peer's server certificate: it chains to the cluster CA for server use, and its
+/// identity URI names the node the dialler wants. Host names in it play no part.
+#[derive(Debug)]
+pub struct NodeServerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl NodeServerVerifier {
+    pub fn new(roots: Arc<RootCertStore>, provider: Arc<CryptoProvider>) -> Self {
+        Self { roots, provider }
+    }
+}
+
+impl ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            algorithms,
+        )?;
+        let wanted = wanted_node(server_name).ok_or_else(|| {
+            rustls::Error::General(format!("{server_name:?} is not a node's server name"))
+        })?;
+        check_claim(end_entity, wanted).map_err(|e| match e {
+            ClaimError::WrongNode { .. } => {
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+            }
+            ClaimError::Unreadable { reason, .. } => rustls::Error::General(reason),
+        })?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -89,20 +183,28 @@ mod tests {
     }
 
     #[test]
+    fn host_names_that_look_like_node_names_prove_nothing() {
+        let ca = TestCa::generate();
+        let cert = node_cert(&ca, 2, &["node-1", "node-2", "node-3", "127.0.0.1"]);
+        assert_eq!(certified_nodes(&cert), Ok(vec![2]));
+        for other in [1, 3] {
+            assert!(check_claim(&cert, other).is_err(), "node 2's certificate passed as {other}");
+        }
+    }
+
+    #[test]
     fn refusals_name_both_ids() {
         let ca = TestCa::generate();
         let err = check_claim(&node_cert(&ca, 2, &[]), 3).unwrap_err();
         assert_eq!(err.to_string(), "claims node 3 but its certificate is for node 2");
-        let err = check_claim(&client_cert(&ca), 1).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "claims node 1 but its certificate is for no node (it is not a node certificate)"
-        );
+        let err = check_claim(&client_cert(&ca), 1).unwrap_err().to_string();
+        assert!(err.starts_with("claims node 1 but its certificate is for no node"), "{err}");
     }
 
     #[test]
-    fn server_names_are_node_names() {
-        assert_eq!(node_name(7), "node-7");
-        assert_eq!(node_server_name(7).to_str(), "node-7");
+    fn server_names_carry_the_wanted_id() {
+        assert_eq!(node_uri(7), "strstore:node:7");
+        assert_eq!(wanted_node(&node_server_name(7)), Some(7));
+        assert_eq!(wanted_node(&ServerName::try_from("localhost").unwrap()), None);
     }
 }

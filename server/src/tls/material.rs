@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
-use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
@@ -16,7 +15,7 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::files::{NodeFiles, Pems, TlsFileError};
-use super::identity::node_server_name;
+use super::identity::{node_server_name, NodeServerVerifier};
 use super::{ClientAuth, TlsSettings};
 
 /// Only TLS 1.3: one round trip for the handshake, no legacy cipher suites to configure, and
@@ -83,10 +82,12 @@ pub fn load(settings: &TlsSettings) -> Result<TlsMaterial, TlsError> {
         Some(ClientAuth::Required) => Some(server_config(Some(client_verifier))?),
         Some(ClientAuth::None) => Some(server_config(None)?),
     };
+    let node_verifier = Arc::new(NodeServerVerifier::new(roots, provider.clone()));
     let peer_client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(node_verifier)
         .with_client_auth_cert(chain.clone(), key)
         .map_err(key_mismatch)?;
     Ok(TlsMaterial {
@@ -121,10 +122,7 @@ fn check_own_certificate(
     client_verifier: &Arc<dyn ClientCertVerifier>,
     chain: &[CertificateDer<'static>],
 ) -> Result<(), TlsError> {
-    let server_verifier =
-        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+    let server_verifier = NodeServerVerifier::new(roots.clone(), provider.clone());
     let now = UnixTime::now();
     let (leaf, intermediates) = chain.split_first().expect("PEM loading ensures one certificate");
     let name = node_server_name(files.node);
@@ -156,7 +154,12 @@ fn explain_own(files: &NodeFiles, error: rustls::Error) -> String {
             format!("is not valid yet ({error}); is this machine's clock right?")
         }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            format!("is not a certificate for node {} ({error}); {renew}", files.node)
+            format!(
+                "is not a certificate for node {} (it lacks the identity {}; certificates made \
+                 before identities had a field of their own name nodes differently): {renew}",
+                files.node,
+                super::identity::node_uri(files.node)
+            )
         }
         _ => format!("cannot be used: {error}"),
     }
