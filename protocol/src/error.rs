@@ -35,6 +35,14 @@ pub enum Error {
     /// A bug or an I/O failure inside the node.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The client's certificate gives it a role that may not do this (a `read` certificate
+    /// asked to write). Nothing was changed.
+    #[error(
+        "forbidden: this client's certificate has the role `{role}`, which may not {op}; \
+         nothing was changed (a certificate with role write may: strstore-server certs \
+         --client NAME --role write)"
+    )]
+    Forbidden { role: String, op: String },
 }
 
 fn hint(nodes: &[String]) -> String {

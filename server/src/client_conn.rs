@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
-use strstore_protocol::{ClientFrame, Codec, Error, NodeId, ServerFrame, PROTOCOL_VERSION};
+use strstore_protocol::{ClientFrame, Codec, Error, NodeId, Reply, ServerFrame, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -21,6 +21,7 @@ use crate::edge::reader::{FrameReader, ReadError, RequestBudget};
 use crate::edge::slots::{Admission, Shed, Slot, Slots};
 use crate::edge::throttle::Throttle;
 use crate::server::Input;
+use crate::tls::identity::{certified_role, ClientRole};
 use crate::tls::sniff::{self, Opening};
 use crate::tls::{TlsState, HANDSHAKE_TIMEOUT};
 
@@ -142,7 +143,9 @@ async fn open(
     match (&limits.tls, opening) {
         (_, Opening::Closed) => Ok(()),
         (None, Opening::Plaintext(_)) => {
-            serve(stream, slot, accepted, limits, inbox, shutdown).await
+            // Without client certificates there is nobody to tell apart: every client writes.
+            let role = ClientRole::Write;
+            serve(stream, slot, accepted, role, limits, inbox, shutdown).await
         }
         (None, Opening::Tls) => {
             let reason = "a TLS handshake arrived on this plaintext client port \
@@ -161,7 +164,16 @@ async fn open(
             let acceptor = tls.current().client_acceptor.clone().expect("TLS client port");
             let left = HANDSHAKE_TIMEOUT.saturating_sub(accepted.elapsed());
             match tokio::time::timeout(left, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve(stream, slot, accepted, limits, inbox, shutdown).await,
+                Ok(Ok(stream)) => match role_of(&stream) {
+                    Ok(role) => serve(stream, slot, accepted, role, limits, inbox, shutdown).await,
+                    Err(reason) => {
+                        let codec = Codec::<ClientFrame, ServerFrame>::new(1024);
+                        let mut framed = FramedWrite::new(stream, codec);
+                        let goodbye = ServerFrame::Goodbye(Error::BadRequest(reason.clone()));
+                        let _ = framed.send(goodbye).await;
+                        Err(("TLS handshake failed", reason))
+                    }
+                },
                 Ok(Err(e)) => {
                     let reason = sniff::describe_handshake_error(&e);
                     Err(("TLS handshake failed", format!("TLS handshake failed: {reason}")))
@@ -172,6 +184,31 @@ async fn open(
             }
         }
     }
+}
+
+/// What the client behind `stream` may do: the role in its certificate, or `write` when the
+/// port asks for no certificate (`--client-auth none`).
+fn role_of(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Result<ClientRole, String> {
+    let Some(cert) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        return Ok(ClientRole::Write);
+    };
+    certified_role(cert).ok_or_else(|| {
+        "its client certificate grants no role (no strstore:role:read or strstore:role:write \
+         name; certificates made before roles existed have none): re-issue it with \
+         `strstore-server certs --client NAME --role read|write`"
+            .to_string()
+    })
+}
+
+/// A refusal for a request the client's role does not allow, or `None` if it may.
+fn forbidden(role: ClientRole, op: &strstore_protocol::Op) -> Option<Error> {
+    let op = match op {
+        strstore_protocol::Op::Append(_) => "append",
+        strstore_protocol::Op::Set(_) => "set",
+        _ => return None,
+    };
+    (role == ClientRole::Read)
+        .then(|| Error::Forbidden { role: role.as_str().into(), op: op.into() })
 }
 
 type Replies<S> = FramedWrite<tokio::io::WriteHalf<S>, Codec<ClientFrame, ServerFrame>>;
@@ -220,6 +257,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     stream: S,
     slot: Slot,
     accepted: Instant,
+    role: ClientRole,
     limits: &ConnLimits,
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
@@ -256,7 +294,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
         max_request_bytes: limits.max_frame_bytes as u64,
     };
     replies.send(welcome).await.map_err(|e| ("i/o error", e.to_string()))?;
-    requests(reader, replies, limits, inbox, shutdown).await
+    requests(reader, replies, role, limits, inbox, shutdown).await
 }
 
 fn shutting_down() -> Error {
@@ -267,6 +305,7 @@ fn shutting_down() -> Error {
 async fn requests<R: AsyncRead + Unpin, S: AsyncWrite>(
     mut reader: FrameReader<R>,
     mut replies: Replies<S>,
+    role: ClientRole,
     limits: &ConnLimits,
     inbox: mpsc::Sender<Input>,
     mut shutdown: watch::Receiver<bool>,
@@ -288,6 +327,12 @@ async fn requests<R: AsyncRead + Unpin, S: AsyncWrite>(
                 let input = match frame {
                     ClientFrame::Request(req) => {
                         debug!(client = req.client, seq = req.seq, "request");
+                        if let Some(err) = forbidden(role, &req.op) {
+                            outstanding += 1;
+                            let refused = Reply { seq: req.seq, result: Err(err) };
+                            let _ = reply.send(ServerFrame::Reply(refused));
+                            continue;
+                        }
                         Input::Request { req, reply }
                     }
                     ClientFrame::Status => Input::Status { reply },

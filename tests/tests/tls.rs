@@ -202,6 +202,33 @@ fn clients_get_clear_tls_errors() {
         .wait_for_log("a TLS handshake arrived on this plaintext client port", LOG_WAIT));
 }
 
+/// A certificate with role `read` (`certs --client dashboard --role read`) may read but not
+/// write; the default client certificate (role `write`) may do both.
+#[test]
+fn a_read_only_client_certificate_cannot_write() {
+    let c = TestCluster::start_tls(1, &["--client-tls", "--client-auth", "required"]);
+    make_certs(c.tls_dir(), &[1], &["--client", "dashboard", "--role", "read"]);
+    let addr = c.nodes[0].client_addr.to_string();
+    assert_eq!(ok_stdout(&cli_with(&addr, &c.client_tls_flags(), &["append", "kept"])), "4\n");
+    let dir = c.tls_dir();
+    let reader: Vec<String> = [
+        ("--tls-ca", "ca.pem"),
+        ("--tls-cert", "client-dashboard.pem"),
+        ("--tls-key", "client-dashboard-key.pem"),
+    ]
+    .iter()
+    .flat_map(|(flag, file)| [flag.to_string(), dir.join(file).display().to_string()])
+    .collect();
+    assert_eq!(ok_stdout(&cli_with(&addr, &reader, &["get"])), "kept\n");
+    for write in [["set", "wiped"], ["append", "more"]] {
+        let out = cli_with(&addr, &reader, &write);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{write:?}: {stderr}");
+        assert!(stderr.contains("role `read`, which may not"), "{stderr}");
+    }
+    assert_eq!(ok_stdout(&cli_with(&addr, &reader, &["get"])), "kept\n");
+}
+
 /// (e) The normal 3-node cluster over mTLS, end to end: peers authenticate each other, and
 /// clients with certificates write at every node through the CLI and the library.
 #[test]

@@ -10,13 +10,13 @@ use rustls::pki_types::CertificateDer;
 use strstore_protocol::NodeId;
 use time::{Duration, OffsetDateTime};
 
-use crate::tls::identity::node_uri;
+use crate::tls::identity::{node_uri, ClientRole, CLIENT_URI_PREFIX};
 
 /// Start of the common name of the CAs we create; also how an operator recognises one.
 /// A random suffix makes every CA's name unique, so that a certificate from another
 /// cluster's CA is reported as "unknown issuer" rather than as a bad signature.
 pub const CA_COMMON_NAME: &str = "strstore cluster CA";
-/// The DNS name (and common name) of client certificates.
+/// The name of the client certificate `certs` writes unless told another (`client.pem`).
 pub const CLIENT_NAME: &str = "client";
 /// How long a new CA is valid: long, because replacing it means re-issuing everything.
 pub const CA_VALIDITY_DAYS: i64 = 10 * 365;
@@ -85,27 +85,37 @@ pub fn node_cert(
     let identity = SanType::URI(Ia5String::try_from(node_uri(id))?);
     let usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let common_name = format!("strstore node {id}");
-    leaf(ca, &common_name, hosts.to_vec(), Some(identity), usages, validity)
+    leaf(ca, &common_name, hosts.to_vec(), vec![identity], usages, validity)
 }
 
-/// A client certificate (DNS name `client`), usable only as a TLS client: it can never pass
-/// as a node, because it names no node and cannot serve.
-pub fn client_cert(ca: &Ca, validity: Validity) -> Result<Issued, rcgen::Error> {
+/// A certificate for the client `name` with `role` (URIs `strstore:client:<name>` and
+/// `strstore:role:<role>`), usable only as a TLS client: it can never pass as a node,
+/// because it names no node and cannot serve.
+pub fn client_cert(
+    ca: &Ca,
+    name: &str,
+    role: ClientRole,
+    validity: Validity,
+) -> Result<Issued, rcgen::Error> {
     let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    leaf(ca, CLIENT_NAME, vec![CLIENT_NAME.into()], None, usages, validity)
+    let holder = SanType::URI(Ia5String::try_from(format!("{CLIENT_URI_PREFIX}{name}"))?);
+    let role = SanType::URI(Ia5String::try_from(role.uri())?);
+    let mut params_names = vec![holder];
+    params_names.push(role);
+    leaf(ca, name, Vec::new(), params_names, usages, validity)
 }
 
 fn leaf(
     ca: &Ca,
     common_name: &str,
     names: Vec<String>,
-    identity: Option<SanType>,
+    identities: Vec<SanType>,
     usages: Vec<ExtendedKeyUsagePurpose>,
     validity: Validity,
 ) -> Result<Issued, rcgen::Error> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names)?;
-    params.subject_alt_names.extend(identity);
+    params.subject_alt_names.extend(identities);
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

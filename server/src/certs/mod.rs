@@ -19,6 +19,7 @@ use clap::Args;
 use strstore_protocol::NodeId;
 
 use crate::tls::files::{self, NodeFiles};
+use crate::tls::identity::ClientRole;
 use crate::tls::{material, ClientAuth, TlsSettings};
 use issue::{Ca, Issued, Validity};
 use write::{write_atomically, CERT_MODE, KEY_MODE};
@@ -35,9 +36,21 @@ pub struct CertsArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// Ids of the nodes to create certificates for, comma-separated: `1,2,3`.
-    #[arg(long, value_name = "ID,...", value_delimiter = ',', required = true)]
+    /// Ids of the nodes to create certificates for, comma-separated: `1,2,3` (none: only
+    /// the client certificate).
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
     pub nodes: Vec<NodeId>,
+
+    /// The client certificate to write: `client` (the default) goes to client.pem and
+    /// client-key.pem, any other NAME to client-NAME.pem and client-NAME-key.pem.
+    #[arg(long, value_name = "NAME", default_value = issue::CLIENT_NAME)]
+    pub client: String,
+
+    /// What that client may do where nodes require client certificates
+    /// (--client-auth required): `read` may get, len, status and inspect; `write` may also
+    /// append and set.
+    #[arg(long, value_enum, default_value_t = ClientRole::Write)]
+    pub role: ClientRole,
 
     /// Host names and IP addresses the nodes are reached at, comma-separated. `NAME` goes into
     /// every node's certificate, `ID=NAME` only into node ID's. Clients check the name they
@@ -68,6 +81,8 @@ pub enum CertsError {
     BadCa { dir: PathBuf, reason: String },
     #[error("--hosts entry {entry:?}: {reason}")]
     BadHost { entry: String, reason: String },
+    #[error("--client {0:?}: a client name is 1 to 64 letters, digits, '-', '_' or '.'")]
+    BadClient(String),
     #[error("--nodes names node {0} twice")]
     DuplicateNode(NodeId),
     #[error("generating a certificate: {0}")]
@@ -113,6 +128,7 @@ impl std::fmt::Display for CertsReport {
 /// in `args.nodes` and one client certificate.
 pub fn run(args: &CertsArgs) -> Result<CertsReport, CertsError> {
     let nodes = unique_nodes(&args.nodes)?;
+    check_client_name(&args.client)?;
     let hosts = HostPlan::parse(&args.hosts)?;
     std::fs::create_dir_all(&args.dir)
         .map_err(|source| CertsError::Write { path: args.dir.clone(), source })?;
@@ -124,9 +140,27 @@ pub fn run(args: &CertsArgs) -> Result<CertsReport, CertsError> {
         save_pair(&args.dir, &files::node_cert(id), &files::node_key(id), &issued, &mut written)?;
         check_signed_by_ca(&args.dir, id)?;
     }
-    let client = issue::client_cert(&ca, validity)?;
-    save_pair(&args.dir, files::CLIENT_CERT, files::CLIENT_KEY, &client, &mut written)?;
+    let client = issue::client_cert(&ca, &args.client, args.role, validity)?;
+    let (cert, key) = client_files(&args.client);
+    save_pair(&args.dir, &cert, &key, &client, &mut written)?;
     Ok(CertsReport { dir: args.dir.clone(), ca: origin, written, nodes })
+}
+
+/// The files of client certificate `name`.
+fn client_files(name: &str) -> (String, String) {
+    if name == issue::CLIENT_NAME {
+        (files::CLIENT_CERT.into(), files::CLIENT_KEY.into())
+    } else {
+        (format!("client-{name}.pem"), format!("client-{name}-key.pem"))
+    }
+}
+
+fn check_client_name(name: &str) -> Result<(), CertsError> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(fine) {
+        return Err(CertsError::BadClient(name.into()));
+    }
+    Ok(())
 }
 
 fn unique_nodes(nodes: &[NodeId]) -> Result<Vec<NodeId>, CertsError> {
@@ -273,7 +307,9 @@ pub mod testing {
 
     /// A client certificate.
     pub fn client_cert(ca: &TestCa) -> CertificateDer<'static> {
-        issue::client_cert(&ca.ca, Validity::days_from_now(30)).expect("client cert").der
+        let role = crate::tls::identity::ClientRole::Write;
+        let issued = issue::client_cert(&ca.ca, "client", role, Validity::days_from_now(30));
+        issued.expect("client cert").der
     }
 }
 
@@ -287,6 +323,8 @@ mod tests {
             dir: dir.into(),
             nodes: nodes.to_vec(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            client: "client".into(),
+            role: ClientRole::Write,
             days: 30,
         }
     }

@@ -20,6 +20,60 @@ use x509_parser::extensions::GeneralName;
 /// Prefix of the URI that carries a node id (`strstore:node:3`).
 pub const NODE_URI_PREFIX: &str = "strstore:node:";
 
+/// Prefix of the URI naming a client certificate's holder (`strstore:client:dashboard`).
+pub const CLIENT_URI_PREFIX: &str = "strstore:client:";
+
+/// Prefix of the URI giving a client certificate its role (`strstore:role:read`).
+pub const ROLE_URI_PREFIX: &str = "strstore:role:";
+
+/// What a client may do on a port that requires client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientRole {
+    /// `get`, `len`, `status`, `inspect`: read only (a dashboard).
+    Read,
+    /// Everything `read` may, and `append` and `set`.
+    Write,
+}
+
+impl ClientRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientRole::Read => "read",
+            ClientRole::Write => "write",
+        }
+    }
+
+    /// The URI that carries this role in a certificate.
+    pub fn uri(self) -> String {
+        format!("{ROLE_URI_PREFIX}{}", self.as_str())
+    }
+}
+
+/// The URIs among a certificate's subject alternative names.
+fn uris(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
+    let san = parsed.subject_alternative_name().map_err(|e| e.to_string())?;
+    let names = san.iter().flat_map(|san| san.value.general_names.iter());
+    Ok(names
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The role a client certificate grants; `None` if it names none (or names both, which
+/// `certs` never makes), so that such a certificate is refused rather than guessed at.
+pub fn certified_role(cert: &CertificateDer<'_>) -> Option<ClientRole> {
+    let roles: Vec<String> =
+        uris(cert).ok()?.into_iter().filter(|u| u.starts_with(ROLE_URI_PREFIX)).collect();
+    match roles.as_slice() {
+        [one] if *one == ClientRole::Read.uri() => Some(ClientRole::Read),
+        [one] if *one == ClientRole::Write.uri() => Some(ClientRole::Write),
+        _ => None,
+    }
+}
+
 /// Prefix of the TLS server name a dialler asks for (`node-3`); never matched against names
 /// in the certificate.
 const SERVER_NAME_PREFIX: &str = "node-";
@@ -70,11 +124,8 @@ fn describe_ids(ids: &[NodeId]) -> String {
 
 /// The node ids a certificate's identity URIs name.
 pub fn certified_nodes(cert: &CertificateDer<'_>) -> Result<Vec<NodeId>, String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
-    let san = parsed.subject_alternative_name().map_err(|e| e.to_string())?;
     let mut ids = Vec::new();
-    for name in san.iter().flat_map(|san| san.value.general_names.iter()) {
-        let GeneralName::URI(uri) = name else { continue };
+    for uri in uris(cert)? {
         let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) else { continue };
         ids.push(id.parse().map_err(|_| format!("malformed node identity {uri:?}"))?);
     }
