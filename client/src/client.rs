@@ -248,6 +248,8 @@ impl Client {
         let mut request_sent = false;
         let mut failures_this_round = 0;
         let mut last_failure = None;
+        // Whether some node answered (busy, unavailable): then "no node reachable" is untrue.
+        let mut answered = false;
         while Instant::now() < deadline {
             if failures_this_round == self.rotation.len() {
                 let delay = backoff.next_delay(&mut rand::thread_rng());
@@ -263,6 +265,7 @@ impl Client {
                     let message = self.with_addr(failure.message());
                     debug!(seq, error = message, "attempt failed");
                     request_sent |= failure.sent();
+                    answered |= matches!(failure, AttemptError::Retryable { .. });
                     last_failure = Some((message, matches!(failure, AttemptError::Unreachable(_))));
                     failures_this_round += 1;
                     self.rotation.advance();
@@ -271,7 +274,9 @@ impl Client {
         }
         let (last_error, unreachable) =
             last_failure.expect("the first attempt starts before the deadline");
-        Err(if unreachable || !request_sent {
+        Err(if answered {
+            ClientError::Unavailable { after: started.elapsed(), last_error, request_sent }
+        } else if unreachable || !request_sent {
             let addrs = self.config.addrs.join(", ");
             ClientError::NoNodeReachable { addrs, last_error, request_sent }
         } else {

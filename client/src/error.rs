@@ -20,6 +20,14 @@ pub enum ClientError {
         /// Whether any attempt sent the request before the nodes became unreachable.
         request_sent: bool,
     },
+    /// Nodes answered, but none could serve the request before the deadline (each said it was
+    /// unavailable or busy). If `request_sent` is set, an attempt that got no answer did reach
+    /// a node, so the request may or may not have been applied.
+    #[error(
+        "the cluster answered but could not serve the request within {after:.1?} \
+         (last answer: {last_error})"
+    )]
+    Unavailable { after: Duration, last_error: String, request_sent: bool },
     /// A node rejected the request; it was not applied. Retryable errors never end up here
     /// unless retrying ran out of time (then the error is `Timeout`).
     #[error(transparent)]
@@ -70,7 +78,8 @@ impl ClientError {
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
             ClientError::Timeout { .. } | ClientError::Protocol(_) => true,
-            ClientError::NoNodeReachable { request_sent, .. } => *request_sent,
+            ClientError::NoNodeReachable { request_sent, .. }
+            | ClientError::Unavailable { request_sent, .. } => *request_sent,
             ClientError::Server(_)
             | ClientError::RequestTooLarge { .. }
             | ClientError::Config(_)
@@ -81,7 +90,12 @@ impl ClientError {
     /// True when the cluster could not be reached or did not answer in time, as opposed to a
     /// request the cluster (or this client) refused. Tools use it to pick an exit code.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, ClientError::NoNodeReachable { .. } | ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::NoNodeReachable { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Unavailable { .. }
+        )
     }
 }
 

@@ -290,3 +290,16 @@ async fn silent_node_is_a_timeout_with_unknown_outcome() {
     assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
     assert!(error.is_outcome_unknown());
 }
+
+#[tokio::test]
+async fn nodes_that_answer_unavailable_are_not_called_unreachable() {
+    let sick = FakeNode::start(|_| Action::Reply(Err(unavailable()))).await;
+    let mut client = Client::new(config(&[&sick.addr], Duration::from_millis(500))).unwrap();
+    let error = client.append("x").await.unwrap_err();
+    let ClientError::Unavailable { last_error, request_sent, .. } = &error else {
+        panic!("expected Unavailable, got {error:?}");
+    };
+    assert!(last_error.contains("not a member"), "{last_error}");
+    assert!(*request_sent, "the node received the request and refused it");
+    assert!(error.to_string().contains("the cluster answered"), "{error}");
+}

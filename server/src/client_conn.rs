@@ -29,6 +29,10 @@ use crate::tls::{TlsState, HANDSHAKE_TIMEOUT};
 /// which pushes back on a client that pipelines without limit.
 pub const MAX_OUTSTANDING_PER_CONN: usize = 1024;
 
+/// Largest first frame: a hello is a few bytes, so nobody may buffer more before saying who
+/// they are.
+const MAX_HELLO_BYTES: usize = 1024;
+
 /// Default `--client-idle-timeout`: a connection with nothing in flight that sends nothing
 /// for this long is closed (and an idle one is the first shed when the node is full).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -267,7 +271,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     // string, which the cluster's limit bounds, so it is only bounded by the frame format.
     let codec = Codec::<ClientFrame, ServerFrame>::asymmetric(limits.max_frame_bytes, usize::MAX);
     let mut replies = FramedWrite::new(write, codec);
-    let mut reader = FrameReader::new(read, limits.max_frame_bytes, limits.budget.clone(), slot);
+    let mut reader = FrameReader::new(read, MAX_HELLO_BYTES, limits.budget.clone(), slot);
     let left = HANDSHAKE_TIMEOUT.saturating_sub(accepted.elapsed());
     let hello = match reader.next::<ClientFrame>(Some(left)).await {
         Ok((hello, _)) => hello,
@@ -287,7 +291,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
             return Err(goodbye(&mut replies, "bad hello", err).await);
         }
     }
-    reader.mark_open();
+    reader.mark_open(limits.max_frame_bytes);
     let welcome = ServerFrame::Welcome {
         version: PROTOCOL_VERSION,
         node: limits.node,

@@ -379,6 +379,14 @@ fn hint(error: &ClientError) -> Option<&'static str> {
             "the request reached a node before the cluster became unreachable, so it may or may \
              not have been applied; run `get` to check before retrying"
         }
+        ClientError::Unavailable { request_sent: false, .. } => {
+            "the nodes are up but cannot serve now (no quorum, a view change, or overload); \
+             nothing was applied; see `strstore-cli status`"
+        }
+        ClientError::Unavailable { request_sent: true, .. } => {
+            "the nodes are up but cannot serve now; an earlier attempt reached a node, so the \
+             request may or may not have been applied: run `get` to check before retrying"
+        }
         ClientError::Timeout { .. } => {
             "the cluster may be partitioned or overloaded; run `get` to check whether the request \
              was applied before retrying, or raise --timeout"

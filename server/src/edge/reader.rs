@@ -97,7 +97,10 @@ pub enum ReadError {
         "sent {got} of a {len}-byte frame in {after:?}, slower than {MIN_BYTES_PER_SEC} bytes/s"
     )]
     TooSlow { len: usize, got: usize, after: Duration },
-    #[error("frame of {len} bytes exceeds this node's limit of {max} bytes (--max-frame-bytes)")]
+    #[error(
+        "frame of {len} bytes exceeds the maximum of {max} bytes (--max-frame-bytes; \
+         a first frame, the hello, may have 1 KiB)"
+    )]
     TooLarge { len: usize, max: usize },
     #[error(
         "a {len}-byte request found the node's request memory budget ({budget} bytes, \
@@ -131,9 +134,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Self { io, buf, max_frame_bytes, budget, slot, opened: false, started: None, permit: None }
     }
 
-    /// The hello went through: from now on the slot is idle or busy, no longer opening.
-    pub fn mark_open(&mut self) {
+    /// The hello went through: from now on frames may be up to `max_frame_bytes` and the
+    /// slot is idle or busy, no longer opening.
+    pub fn mark_open(&mut self, max_frame_bytes: usize) {
         self.opened = true;
+        self.max_frame_bytes = max_frame_bytes;
         self.slot.set_phase(Phase::Idle);
     }
 
