@@ -90,6 +90,19 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// A node not started yet.
+    fn new(
+        id: u64,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        data_dir: PathBuf,
+        log_file: PathBuf,
+        args: Vec<String>,
+    ) -> Self {
+        let open_files_limit = None;
+        Self { id, client_addr, peer_addr, data_dir, log_file, args, open_files_limit, child: None }
+    }
+
     /// Starts (or restarts) the process and waits until it accepts clients.
     pub fn start(&mut self) {
         self.start_process();
@@ -338,16 +351,7 @@ impl TestCluster {
             args.extend(extra.iter().map(|s| s.to_string()));
             args.extend(per_node(id).into_iter().map(String::from));
             let log_file = dir.path().join(format!("n{id}.log"));
-            nodes.push(TestNode {
-                id,
-                client_addr,
-                peer_addr: *peer_addr,
-                data_dir,
-                log_file,
-                args,
-                open_files_limit: None,
-                child: None,
-            });
+            nodes.push(TestNode::new(id, client_addr, *peer_addr, data_dir, log_file, args));
         }
         Self { nodes, peers, tls_dir, dir }
     }
@@ -393,16 +397,7 @@ impl TestCluster {
         .to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         let log_file = self.dir.path().join(format!("{name}.log"));
-        TestNode {
-            id,
-            client_addr,
-            peer_addr,
-            data_dir,
-            log_file,
-            args,
-            open_files_limit: None,
-            child: None,
-        }
+        TestNode::new(id, client_addr, peer_addr, data_dir, log_file, args)
     }
 
     /// Flags that give node `id` the cluster's TLS material: `--tls-dir DIR`, after creating
@@ -445,16 +440,7 @@ impl TestCluster {
         // A joiner needs a certificate for its id from the cluster CA, like any peer.
         args.extend(self.node_tls_args(id));
         let log_file = self.dir.path().join(format!("n{id}.log"));
-        let mut node = TestNode {
-            id,
-            client_addr,
-            peer_addr,
-            data_dir,
-            log_file,
-            args,
-            open_files_limit: None,
-            child: None,
-        };
+        let mut node = TestNode::new(id, client_addr, peer_addr, data_dir, log_file, args);
         node.start();
         self.nodes.push(node);
         id

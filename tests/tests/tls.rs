@@ -15,7 +15,7 @@ use strstore_client::{Client, ClientConfig, TlsFiles};
 use strstore_protocol::codec::to_frame;
 use strstore_protocol::{PeerFrame, PeerHello, PROTOCOL_VERSION};
 use strstore_server::certs::issue::{self, Validity};
-use strstore_tests::cluster::{bin, cli, make_certs, ok_stdout, TestCluster};
+use strstore_tests::cluster::{bin, cli, make_certs, ok_stdout, TestCluster, TestNode};
 
 /// How long a refusal may take to reach the log: the outsider's first dial happens right
 /// after it starts, so this is generous.
@@ -42,11 +42,9 @@ fn cli_with(addr: &str, flags: &[String], args: &[&str]) -> Output {
     cli(addr, &all)
 }
 
-/// (a) A node holding a valid certificate for id 2 that claims to be id 3 is refused by
-/// every peer, with the reason in their logs, and the real cluster keeps working.
-#[test]
-fn node_claiming_another_id_than_its_certificate_is_refused() {
-    let c = TestCluster::start(3);
+/// Starts a node with node 2's certificate and key claiming id 3, and waits until n1 and n2
+/// have refused it with the reason.
+fn node_2_posing_as_node_3(c: &TestCluster) -> TestNode {
     let evil = c.dir().join("evil");
     copy_files(
         c.tls_dir(),
@@ -59,6 +57,15 @@ fn node_claiming_another_id_than_its_certificate_is_refused() {
         let refused = "claims node 3 but its certificate is for node 2; refused";
         assert!(c.nodes[id - 1].wait_for_log(refused, LOG_WAIT), "n{id}:\n{}", c.logs());
     }
+    impostor
+}
+
+/// (a) A node holding a valid certificate for id 2 that claims to be id 3 is refused by
+/// every peer, with the reason in their logs, and the real cluster keeps working.
+#[test]
+fn node_claiming_another_id_than_its_certificate_is_refused() {
+    let c = TestCluster::start(3);
+    let impostor = node_2_posing_as_node_3(&c);
     assert!(
         impostor.wait_for_log("n1 refused this node: claims node 3", LOG_WAIT),
         "the impostor learns why:\n{}",
@@ -78,18 +85,7 @@ fn host_names_like_node_names_do_not_let_one_node_pose_as_another() {
         node.hangup();
         assert!(node.wait_for_log("reloaded TLS material", LOG_WAIT), "{}", node.log());
     }
-    let evil = c.dir().join("evil");
-    copy_files(
-        c.tls_dir(),
-        &evil,
-        &[("ca.pem", "ca.pem"), ("node-2.pem", "node-3.pem"), ("node-2-key.pem", "node-3-key.pem")],
-    );
-    let mut impostor = c.outsider(3, &evil, &["--tls-skip-own-check"]);
-    impostor.start();
-    for id in [1, 2] {
-        let refused = "claims node 3 but its certificate is for node 2; refused";
-        assert!(c.nodes[id - 1].wait_for_log(refused, LOG_WAIT), "n{id}:\n{}", c.logs());
-    }
+    let _impostor = node_2_posing_as_node_3(&c);
     assert_cluster_works(&c, "<rotated>");
 }
 
