@@ -191,8 +191,10 @@ impl Client {
         question: ClientFrame,
         extract: fn(ServerFrame) -> Option<T>,
     ) -> Result<T, ClientError> {
-        let deadline = Instant::now() + self.config.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.config.request_timeout;
         let mut last_error = String::from("no attempt made");
+        let mut answered = false;
         while Instant::now() < deadline {
             for _ in 0..self.rotation.len() {
                 let attempt_deadline = (Instant::now() + self.config.attempt_timeout).min(deadline);
@@ -209,19 +211,29 @@ impl Client {
                             },
                             Ok(Err(e)) => match classify(e, false, self.current_addr()) {
                                 AttemptError::Fatal(error) => return Err(error),
-                                other => self.with_addr(other.message()),
+                                other => {
+                                    answered |= matches!(other, AttemptError::Retryable { .. });
+                                    self.with_addr(other.message())
+                                }
                             },
                             Err(_) => self.with_addr("no answer in time".into()),
                         }
                     }
                     // A TLS mismatch will not go away by asking again.
                     Err(AttemptError::Fatal(error)) => return Err(error),
-                    Err(e) => self.with_addr(e.message()),
+                    Err(e) => {
+                        answered |= matches!(e, AttemptError::Retryable { .. });
+                        self.with_addr(e.message())
+                    }
                 };
                 last_error = outcome;
                 self.rotation.advance();
             }
             sleep_until((Instant::now() + BACKOFF_MIN).min(deadline)).await;
+        }
+        if answered {
+            let after = started.elapsed();
+            return Err(ClientError::Unavailable { after, last_error, request_sent: false });
         }
         Err(ClientError::NoNodeReachable {
             addrs: self.config.addrs.join(", "),

@@ -303,3 +303,14 @@ async fn nodes_that_answer_unavailable_are_not_called_unreachable() {
     assert!(*request_sent, "the node received the request and refused it");
     assert!(error.to_string().contains("the cluster answered"), "{error}");
 }
+
+#[tokio::test]
+async fn a_status_that_only_finds_refusing_nodes_is_unavailable_not_unreachable() {
+    let sick = FakeNode::refusing(unavailable()).await;
+    let mut client = Client::new(config(&[&sick.addr], Duration::from_millis(500))).unwrap();
+    let error = client.status().await.unwrap_err();
+    assert!(matches!(error, ClientError::Unavailable { request_sent: false, .. }), "{error:?}");
+    let error = client.append("x").await.unwrap_err();
+    assert!(matches!(error, ClientError::Unavailable { request_sent: false, .. }), "{error:?}");
+    assert!(!error.is_outcome_unknown(), "refused at the hello: nothing was sent");
+}
