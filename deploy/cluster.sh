@@ -8,7 +8,10 @@
 #   deploy/cluster.sh down [-v]      stop and remove the containers (-v: and their data)
 #   deploy/cluster.sh ps | logs [ARGS...]   as docker-compose ps / logs
 #   deploy/cluster.sh renew          new certificates from the same CA, then SIGHUP the nodes
-#   deploy/cluster.sh cli ARGS...    the host's strstore-cli, --addr set to every node
+#   deploy/cluster.sh cli ARGS...    the host's strstore-cli, --addr set to every node, over
+#                                    TLS with the write certificate client.pem
+#   deploy/cluster.sh env            prints the exports that let a shell's strstore-cli reach
+#                                    the nodes that way: eval "$(deploy/cluster.sh env)"
 #   deploy/cluster.sh compose ARGS...       any other docker-compose command, same files
 #
 # Environment:
@@ -19,9 +22,12 @@
 #                            default strstore
 #   CARGO_TARGET_DIR         where cargo builds; default target/ at the top of the checkout
 #   STRSTORE_TLS_HOST_DIR    the cluster's TLS material on the host, mounted read-only at /tls
-#                            in every node; default $CARGO_TARGET_DIR/docker-tls. Peers talk
-#                            only over mutual TLS; `up` creates the CA and the certificates
-#                            there with `strstore-server certs` the first time.
+#                            in every node; default $CARGO_TARGET_DIR/docker-tls. Peers and
+#                            clients talk only over TLS (clients with a certificate, see
+#                            node.env); `up` creates there, with `strstore-server certs`, the
+#                            CA, the node certificates (for localhost, 127.0.0.1, node<i> and
+#                            the node's address on the compose network), client.pem (role
+#                            write) and client-health.pem (role read, for the healthcheck).
 #
 # The image has no base image: `build` copies the two release binaries, the shared libraries
 # `ldd` lists for them, and a few files under /etc into a directory and loads it with
@@ -124,29 +130,61 @@ need_server() {
     || die "$bin/strstore-server not found; run 'deploy/cluster.sh build' first"
 }
 
-# Creates the CA and the certificates of the nodes that lack one (reusing the CA), so that
-# the directory can be mounted into the containers. Always for 5 nodes: the 5-node variant
-# then needs nothing more, and a certificate nobody uses costs nothing.
+# Node i's host names: what clients on the host, in the container and on the compose network
+# dial (its address there depends on STRSTORE_NET: change it, then run `renew`).
+node_hosts() {
+  echo "localhost,127.0.0.1,node$1,${STRSTORE_NET:-172.30.79}.$((10 + $1))"
+}
+
+# Writes node `$1`'s certificate (and the write certificate client.pem) from the CA in the
+# directory, making the CA if there is none.
+issue_node() {
+  "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" --nodes "$1" \
+    --hosts "$(node_hosts "$1")" >/dev/null
+}
+
+# The healthcheck's certificate: role read, so a leaked copy cannot change the string.
+issue_health() {
+  "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" --client health --role read \
+    >/dev/null
+}
+
+# Creates the CA and the certificates that are missing (reusing the CA), so that the directory
+# can be mounted into the containers. Always for 5 nodes: the 5-node variant then needs nothing
+# more, and a certificate nobody uses costs nothing.
 ensure_certs() {
-  local missing="" i
+  local made="" i
   need_server
   for i in 1 2 3 4 5; do
-    [[ -f $STRSTORE_TLS_HOST_DIR/node-$i.pem ]] || missing+="${missing:+,}$i"
+    if [[ ! -f $STRSTORE_TLS_HOST_DIR/node-$i.pem ]]; then
+      issue_node "$i"
+      made+="${made:+,}$i"
+    fi
   done
-  if [[ -n $missing ]]; then
-    "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" --nodes "$missing" \
-      --hosts localhost,127.0.0.1 >/dev/null
-    echo "TLS certificates for node(s) $missing written to $STRSTORE_TLS_HOST_DIR"
-  fi
+  [[ -f $STRSTORE_TLS_HOST_DIR/client.pem ]] \
+    || "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" >/dev/null
+  [[ -f $STRSTORE_TLS_HOST_DIR/client-health.pem ]] || issue_health
+  [[ -z $made ]] || echo "TLS certificates for node(s) $made written to $STRSTORE_TLS_HOST_DIR"
 }
 
 # Re-issues every certificate from the same CA and tells the running nodes to reload them.
 renew() {
+  local i
   need_server
-  "$bin/strstore-server" certs --dir "$STRSTORE_TLS_HOST_DIR" --nodes 1,2,3,4,5 \
-    --hosts localhost,127.0.0.1 >/dev/null
+  for i in 1 2 3 4 5; do
+    issue_node "$i"
+  done
+  issue_health
   compose kill -s SIGHUP
   echo "renewed the certificates in $STRSTORE_TLS_HOST_DIR and sent SIGHUP to the nodes"
+}
+
+# The exports that make strstore-cli reach the nodes' published ports with client.pem.
+client_env() {
+  echo "export STRSTORE_ADDR=$(addrs)"
+  echo "export STRSTORE_TLS_CA=$STRSTORE_TLS_HOST_DIR/ca.pem"
+  echo "export STRSTORE_TLS_CERT=$STRSTORE_TLS_HOST_DIR/client.pem"
+  echo "export STRSTORE_TLS_KEY=$STRSTORE_TLS_HOST_DIR/client-key.pem"
 }
 
 # Waits until every node's healthcheck passes (timeout in seconds, default 60).
@@ -186,7 +224,8 @@ case $cmd in
     ensure_certs
     compose up -d "$@"
     wait_healthy
-    echo "client addresses: $(addrs)"
+    echo "client addresses: $(addrs) (TLS with a client certificate; to use them from a shell:"
+    echo "  eval \"\$(deploy/cluster.sh env)\"   then   strstore-cli append hello)"
     ;;
   wait) wait_healthy "$@" ;;
   renew) renew ;;
@@ -194,8 +233,11 @@ case $cmd in
   compose) compose "$@" ;;
   cli)
     [[ -x $bin/strstore-cli ]] || die "$bin/strstore-cli not found; run 'deploy/cluster.sh build'"
-    exec "$bin/strstore-cli" --addr "$(addrs)" "$@"
+    # As environment, so that flags given here (another --tls-cert) take precedence.
+    eval "$(client_env)"
+    exec "$bin/strstore-cli" "$@"
     ;;
+  env) client_env ;;
   addrs) addrs ;;
   -h | --help | help) usage ;;
   *) usage ;;

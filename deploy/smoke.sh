@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Smoke test of the docker-compose cluster: build the image, start 3 nodes, write through one
+# Smoke test of the docker-compose cluster: build the image, start 3 nodes, check that clients
+# need TLS and a certificate (and that a read certificate cannot write), write through one
 # node and read through another, kill a node and write at the others, restart it and check it
 # rejoins with the same string. Runs under its own compose project, network, volumes and host
 # ports, and removes all of them on exit, whether it passed or not. Exits non-zero with a
@@ -16,6 +17,10 @@ export COMPOSE_PROJECT_NAME="strstore-smoke-$$-$RANDOM"
 export STRSTORE_NODES=3
 # A private /24 for this run only (not the default 172.30.79, which a dev cluster may use).
 export STRSTORE_NET="172.30.$((100 + RANDOM % 150))"
+# Certificates of this run only: cluster.sh makes them from scratch, as on a fresh machine.
+STRSTORE_TLS_HOST_DIR=$(mktemp -d /tmp/strstore-smoke-tls.XXXXXX)
+export STRSTORE_TLS_HOST_DIR
+tls=$STRSTORE_TLS_HOST_DIR
 
 step() { printf '\n--- smoke: %s (%ss)\n' "$*" "$SECONDS"; }
 fail() {
@@ -35,6 +40,7 @@ cleanup() {
     "$cluster" down -v --remove-orphans >/dev/null 2>&1 \
       || echo "smoke: WARNING: 'down -v' failed for project $COMPOSE_PROJECT_NAME" >&2
   fi
+  rm -rf "$tls"
   if ((rc == 0)); then
     echo "smoke: PASS (${SECONDS}s)"
   else
@@ -54,15 +60,33 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))'
 }
 
-# Runs strstore-cli against the given node numbers; the rest of the arguments are its command.
-at() {
-  local nodes=$1 list="" i var
-  shift
-  for i in ${nodes//,/ }; do
+# The published client addresses of the given node numbers (1,3), comma-separated.
+addrs_of() {
+  local list="" i var
+  for i in ${1//,/ }; do
     var=STRSTORE_PORT_$i
     list+="${list:+,}127.0.0.1:${!var}"
   done
-  "$cli" --addr "$list" "$@"
+  echo "$list"
+}
+
+# Runs strstore-cli against the given node numbers with the write certificate `up` made; the
+# rest of the arguments are its command.
+at() {
+  local nodes=$1
+  shift
+  "$cli" --addr "$(addrs_of "$nodes")" --tls-ca "$tls/ca.pem" --tls-cert "$tls/client.pem" \
+    --tls-key "$tls/client-key.pem" "$@"
+}
+
+# Runs strstore-cli against node 1 with only the given TLS flags and checks its exit code.
+expect_exit() {
+  local want=$1 what=$2 rc=0
+  shift 2
+  env -u STRSTORE_TLS_CA -u STRSTORE_TLS_CERT -u STRSTORE_TLS_KEY \
+    "$cli" --addr "$(addrs_of 1)" --timeout 5 "$@" >/dev/null 2>&1 || rc=$?
+  ((rc == want)) || fail "$what: strstore-cli $* exited $rc, expected $want"
+  echo "ok: $what (exit $rc)"
 }
 
 expect_get() {
@@ -94,6 +118,13 @@ fi
 step "up and wait until healthy"
 started=true
 "$cluster" up || fail "the cluster did not come up healthy"
+
+step "clients need TLS and a certificate of the cluster's CA; a read certificate cannot write"
+expect_exit 2 "a plaintext client is turned away" get
+expect_exit 2 "a TLS client without a certificate is turned away" --tls-ca "$tls/ca.pem" get
+expect_exit 1 "the healthcheck's read certificate may not append" --tls-ca "$tls/ca.pem" \
+  --tls-cert "$tls/client-health.pem" --tls-key "$tls/client-health-key.pem" append x
+expect_get 1 ''
 
 step "append through node 1, get through node 2"
 len=$(at 1 --timeout 10 append hello) || fail "append at node 1 failed"

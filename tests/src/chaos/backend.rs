@@ -6,8 +6,10 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
+use strstore_client::{ClientConfig, TlsFiles};
 use strstore_protocol::NodeId;
 
 use super::{docker, netns, Args, BackendKind};
@@ -20,6 +22,32 @@ pub struct NodeInfo {
     pub ip: Ipv4Addr,
     /// Where clients connect (`ip:port`).
     pub client_addr: String,
+    /// How clients authenticate there: TLS with the cluster's write certificate, as deployed.
+    pub client_tls: TlsFiles,
+}
+
+impl NodeInfo {
+    /// Node `id` at `ip`, its clients on `client_port` over TLS with the CA and the write
+    /// certificate (client.pem) that `strstore-server certs` wrote to `tls_dir`.
+    pub fn new(id: NodeId, ip: Ipv4Addr, client_port: u16, tls_dir: &Path) -> Self {
+        let client_tls = TlsFiles {
+            ca: tls_dir.join("ca.pem"),
+            identity: Some((tls_dir.join("client.pem"), tls_dir.join("client-key.pem"))),
+        };
+        Self { id, ip, client_addr: format!("{ip}:{client_port}"), client_tls }
+    }
+}
+
+/// A client of `nodes`, tried in this order, with one second to connect to each.
+pub fn client_config(nodes: &[&NodeInfo], request: Duration, attempt: Duration) -> ClientConfig {
+    ClientConfig {
+        addrs: nodes.iter().map(|n| n.client_addr.clone()).collect(),
+        request_timeout: request,
+        attempt_timeout: attempt,
+        connect_timeout: Duration::from_secs(1),
+        tls: nodes.first().map(|n| n.client_tls.clone()),
+        ..Default::default()
+    }
 }
 
 /// The cluster under test.

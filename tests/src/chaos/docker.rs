@@ -2,7 +2,8 @@
 //! `deploy/cluster.sh up` under a compose project, network and volumes of its own. Faults use
 //! `docker kill -s KILL` / `docker start`, `docker pause` / `unpause`, and nftables and tc run
 //! in a container's network namespace with `nsenter` (the image has neither tool, and needs
-//! none). Clients talk to the containers' own addresses, as the peers do.
+//! none). Clients talk to the containers' own addresses, as the peers do, over TLS with the
+//! write certificate cluster.sh made (the deployment's default).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -37,13 +38,16 @@ impl Cluster {
             .parent()
             .context("--bin-dir must be <target>/release")?
             .to_path_buf();
+        // cluster.sh writes the CA, node certificates naming each node's address on `net`,
+        // and client.pem there.
+        let tls_dir = out.join("tls");
         let mut rng = rand::thread_rng();
         let net = format!("172.30.{}", rng.gen_range(100..250u8));
         let mut env = vec![
             ("COMPOSE_PROJECT_NAME".into(), format!("strstore-chaos-{:04x}", rng.gen::<u16>())),
             ("STRSTORE_NET".into(), net.clone()),
             ("STRSTORE_NODES".into(), args.nodes.to_string()),
-            ("STRSTORE_TLS_HOST_DIR".into(), out.join("tls").display().to_string()),
+            ("STRSTORE_TLS_HOST_DIR".into(), tls_dir.display().to_string()),
             ("CARGO_TARGET_DIR".into(), target.display().to_string()),
         ];
         for id in 1..=args.nodes {
@@ -66,7 +70,7 @@ impl Cluster {
             anyhow::ensure!(!container.is_empty(), "no container for node{id}");
             cluster.containers.push(container);
             let ip: Ipv4Addr = format!("{net}.{}", 10 + id).parse()?;
-            cluster.nodes.push(NodeInfo { id, ip, client_addr: format!("{ip}:7379") });
+            cluster.nodes.push(NodeInfo::new(id, ip, 7379, &tls_dir));
         }
         Ok(cluster)
     }

@@ -16,10 +16,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use strstore_client::{Client, ClientConfig};
+use strstore_client::Client;
 use strstore_protocol::NodeId;
 
-use super::backend::{Backend, NodeInfo};
+use super::backend::{client_config, Backend, NodeInfo};
 use super::stats::FaultWindow;
 
 /// The `--nemesis` choices.
@@ -253,14 +253,8 @@ impl NemesisPlan {
     /// The current master as the cluster reports it, or a random node if nobody answers
     /// quickly (a fault may be under way).
     fn master(&mut self) -> NodeId {
-        let addrs = self.nodes.iter().map(|n| n.client_addr.clone()).collect();
-        let config = ClientConfig {
-            addrs,
-            request_timeout: Duration::from_secs(3),
-            attempt_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            ..Default::default()
-        };
+        let nodes: Vec<&NodeInfo> = self.nodes.iter().collect();
+        let config = client_config(&nodes, Duration::from_secs(3), Duration::from_secs(1));
         let asked =
             tokio::runtime::Builder::new_current_thread().enable_all().build().ok().and_then(
                 |rt| rt.block_on(async { Client::new(config).ok()?.status().await.ok() }),

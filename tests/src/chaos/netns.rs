@@ -54,7 +54,7 @@ impl Cluster {
         let nodes: Vec<NodeInfo> = (1..=args.nodes)
             .map(|id| {
                 let ip = Ipv4Addr::new(10, 77, subnet, id as u8);
-                NodeInfo { id, ip, client_addr: format!("{ip}:{CLIENT_PORT}") }
+                NodeInfo::new(id, ip, CLIENT_PORT, &out.join("tls"))
             })
             .collect();
         let peers = nodes
@@ -121,6 +121,7 @@ impl Cluster {
         Ok(())
     }
 
+    /// Where [`NodeInfo::new`] expects the certificates (make_certs also writes client.pem).
     fn tls_dir(&self) -> PathBuf {
         self.out.join("tls")
     }
@@ -155,6 +156,7 @@ impl Cluster {
         command.args(["--peers", &self.peers]);
         command.arg("--data-dir").arg(self.out.join("data").join(format!("n{id}")));
         command.arg("--tls-dir").arg(self.tls_dir());
+        command.args(["--client-tls", "--client-auth", "required"]);
         command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         // As deployed (deploy/local-cluster.sh, deploy/node.env).
         command.env("MALLOC_MMAP_THRESHOLD_", "1048576");

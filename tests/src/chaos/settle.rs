@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use strstore_client::protocol::ReplicaReport;
-use strstore_client::{Client, ClientConfig};
+use strstore_client::Client;
 use strstore_protocol::NodeId;
 
-use super::backend::NodeInfo;
+use super::backend::{client_config, NodeInfo};
 use crate::checker::{History, OkValue, OpKind, Outcome, ReplicaState};
 
 /// How often to poll the nodes while waiting.
@@ -137,14 +137,7 @@ fn replicas(reports: &[ReplicaReport]) -> Vec<ReplicaState> {
 
 /// A client that talks to `node` only.
 fn client_for(node: &NodeInfo, timeout: Duration) -> Option<Client> {
-    let config = ClientConfig {
-        addrs: vec![node.client_addr.clone()],
-        request_timeout: timeout,
-        attempt_timeout: timeout,
-        connect_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
-    Client::new(config).ok()
+    Client::new(client_config(&[node], timeout, timeout)).ok()
 }
 
 async fn inspect_all(nodes: &[NodeInfo]) -> Vec<Result<ReplicaReport, String>> {

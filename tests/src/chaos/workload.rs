@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use strstore_client::{Client, ClientConfig, ClientError, Op as ClientOp, Response};
 use tokio::time::Instant;
 
-use super::backend::NodeInfo;
+use super::backend::{client_config, NodeInfo};
 use super::Args;
 use crate::checker::{token, History, OkValue, OpKind, Outcome};
 
@@ -49,14 +49,9 @@ impl Config {
     fn client_config(&self, c: u64) -> ClientConfig {
         let n = self.nodes.len();
         let home = (c as usize - 1) % n;
-        let addrs = (0..n).map(|i| self.nodes[(home + i) % n].client_addr.clone()).collect();
-        ClientConfig {
-            addrs,
-            request_timeout: self.op_timeout,
-            attempt_timeout: (self.op_timeout / 2).max(Duration::from_secs(1)),
-            connect_timeout: Duration::from_secs(1),
-            ..Default::default()
-        }
+        let order: Vec<&NodeInfo> = (0..n).map(|i| &self.nodes[(home + i) % n]).collect();
+        let attempt = (self.op_timeout / 2).max(Duration::from_secs(1));
+        client_config(&order, self.op_timeout, attempt)
     }
 }
 
