@@ -4,12 +4,18 @@
 //! so the cluster applies the request at most once however many copies of it arrive.
 //!
 //! Retry policy, per request:
-//! 1. Try the node that answered last. On a connection failure, an I/O error, no reply within
-//!    `attempt_timeout`, or a retryable server error ([`Error::is_retryable`]), try the next
-//!    node in the list.
-//! 2. After a full round in which every node failed, sleep with jittered exponential backoff
+//! 1. Try the nodes in rounds, each node once per round, starting at the node that answered
+//!    last and going on in list order.
+//! 2. Each attempt gets an equal share of what remains of `request_timeout` among the nodes
+//!    the round has left, at least 0.5 s and at most `attempt_timeout`. So a node that takes
+//!    the request and never answers (one cut off from its peers) costs only its share, and
+//!    the next node still has time. On a connection failure, an I/O error, no reply within
+//!    the share, or a retryable server error ([`Error::is_retryable`]), try the next node.
+//! 3. After a round in which every node failed, sleep with jittered exponential backoff
 //!    (50 ms doubling to 1 s) and start another round.
-//! 3. Stop at the first non-retryable server error, or when `request_timeout` has passed.
+//! 4. Stop at the first non-retryable server error, or when `request_timeout` has passed.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use strstore_protocol::{
@@ -21,7 +27,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::connection::{self, ConnError, Connection};
-use crate::retry::{Backoff, Rotation, BACKOFF_MAX, BACKOFF_MIN};
+use crate::retry::{attempt_timeout, Backoff, Rotation, BACKOFF_MAX, BACKOFF_MIN};
 use crate::stream::Stream;
 use crate::{ClientConfig, ClientError};
 
@@ -39,8 +45,9 @@ pub struct Client {
     next_seq: ReqSeq,
     /// Which node to try first: the one that answered last.
     rotation: Rotation,
-    /// Open connection to `config.addrs[rotation.current()]`, if any. Opened lazily.
-    conn: Option<Connection<Transport>>,
+    /// Open connection, if any, with the index in `config.addrs` of its node. Opened lazily,
+    /// kept while it carries answers.
+    conn: Option<(usize, Connection<Transport>)>,
     /// TLS settings built once from `config.tls` (files read at creation, not per connection).
     tls: Option<TlsConnector>,
 }
@@ -112,7 +119,7 @@ impl Client {
             return Err(ClientError::Config("request numbers start at 1".into()));
         }
         let tls = config.tls.as_ref().map(crate::tls::connector).transpose()?;
-        let rotation = Rotation::new(config.addrs.len(), 0);
+        let rotation = Rotation::new(config.addrs.len());
         Ok(Self { config, client_id, next_seq, rotation, conn: None, tls })
     }
 
@@ -128,12 +135,12 @@ impl Client {
 
     /// The node the next request goes to first: the one that answered last.
     pub fn current_addr(&self) -> &str {
-        &self.config.addrs[self.rotation.current()]
+        self.addr(self.rotation.preferred(Instant::now()))
     }
 
     /// The id of the node we are connected to, if a connection is open.
     pub fn connected_node(&self) -> Option<NodeId> {
-        self.conn.as_ref().map(Connection::node)
+        self.conn.as_ref().map(|(_, conn)| conn.node())
     }
 
     /// Appends `value` to the string; returns the string's new length.
@@ -191,55 +198,9 @@ impl Client {
         question: ClientFrame,
         extract: fn(ServerFrame) -> Option<T>,
     ) -> Result<T, ClientError> {
-        let started = Instant::now();
-        let deadline = started + self.config.request_timeout;
-        let mut last_error = String::from("no attempt made");
-        let mut answered = false;
-        while Instant::now() < deadline {
-            for _ in 0..self.rotation.len() {
-                let attempt_deadline = (Instant::now() + self.config.attempt_timeout).min(deadline);
-                let outcome = match self.connect(attempt_deadline).await {
-                    Ok(mut conn) => {
-                        match timeout_at(attempt_deadline, conn.ask(question.clone())).await {
-                            Ok(Ok(answer)) => match extract(answer) {
-                                Some(value) => return Ok(value),
-                                None => {
-                                    return Err(ClientError::Protocol(
-                                        "the node answered another question".into(),
-                                    ))
-                                }
-                            },
-                            Ok(Err(e)) => match classify(e, false, self.current_addr()) {
-                                AttemptError::Fatal(error) => return Err(error),
-                                other => {
-                                    answered |= matches!(other, AttemptError::Retryable { .. });
-                                    self.with_addr(other.message())
-                                }
-                            },
-                            Err(_) => self.with_addr("no answer in time".into()),
-                        }
-                    }
-                    // A TLS mismatch will not go away by asking again.
-                    Err(AttemptError::Fatal(error)) => return Err(error),
-                    Err(e) => {
-                        answered |= matches!(e, AttemptError::Retryable { .. });
-                        self.with_addr(e.message())
-                    }
-                };
-                last_error = outcome;
-                self.rotation.advance();
-            }
-            sleep_until((Instant::now() + BACKOFF_MIN).min(deadline)).await;
-        }
-        if answered {
-            let after = started.elapsed();
-            return Err(ClientError::Unavailable { after, last_error, request_sent: false });
-        }
-        Err(ClientError::NoNodeReachable {
-            addrs: self.config.addrs.join(", "),
-            last_error,
-            request_sent: false,
-        })
+        let answer = self.retry(&question).await?;
+        extract(answer)
+            .ok_or_else(|| ClientError::Protocol("the node answered another question".into()))
     }
 
     /// Sends `op` as the next request and retries it until it is answered or the deadline
@@ -253,109 +214,218 @@ impl Client {
     /// use it to resend a request the cluster may already have applied.
     pub async fn execute_with_seq(&mut self, seq: ReqSeq, op: Op) -> Result<Response, ClientError> {
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        // Built once: every attempt, at any node, sends this same (client, seq).
         let request = Request { client: self.client_id, seq, op };
+        self.retry(&request).await
+    }
+
+    /// Tries `job` at one node after another, in rounds that visit each node once in the
+    /// order [`Rotation::order`] gives, with a backoff between rounds, until a node answers,
+    /// an error says stop, or the request deadline passes.
+    async fn retry<J: Job>(&mut self, job: &J) -> Result<J::Answer, ClientError> {
         let started = Instant::now();
         let deadline = started + self.config.request_timeout;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let mut request_sent = false;
-        let mut failures_this_round = 0;
-        let mut last_failure = None;
-        // Whether some node answered (busy, unavailable): then "no node reachable" is untrue.
-        let mut answered = false;
+        let mut failures = Failures::default();
         while Instant::now() < deadline {
-            if failures_this_round == self.rotation.len() {
-                let delay = backoff.next_delay(&mut rand::thread_rng());
-                debug!(seq, ?delay, "every node failed; backing off");
-                sleep_until((Instant::now() + delay).min(deadline)).await;
-                failures_this_round = 0;
-                continue;
-            }
-            match self.attempt(&request, deadline).await {
-                Ok(response) => return Ok(response),
-                Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(failure) => {
-                    let message = self.with_addr(failure.message());
-                    debug!(seq, error = message, "attempt failed");
-                    request_sent |= failure.sent();
-                    answered |= matches!(failure, AttemptError::Retryable { .. });
-                    last_failure = Some((message, matches!(failure, AttemptError::Unreachable(_))));
-                    failures_this_round += 1;
-                    self.rotation.advance();
+            let order = self.rotation.order(Instant::now());
+            for (tried, &node) in order.iter().enumerate() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let cap = self.config.attempt_timeout;
+                let budget = attempt_timeout(deadline - now, order.len() - tried, cap);
+                let outcome = self.attempt(node, job, now + budget).await;
+                let now = Instant::now();
+                match outcome {
+                    Ok(answer) => {
+                        self.rotation.answered(node, now);
+                        return Ok(answer);
+                    }
+                    Err(AttemptError::Fatal(error)) => {
+                        // A refusal of this request still shows the node is up and serving.
+                        if matches!(error, ClientError::Server(_)) {
+                            self.rotation.answered(node, now);
+                        }
+                        return Err(error);
+                    }
+                    Err(failure) => {
+                        self.rotation.failed(node, now);
+                        let message = self.with_addr(node, failure.message());
+                        debug!(job = job.describe(), ?budget, error = message, "attempt failed");
+                        failures.record(&failure, message, J::CHANGES_STATE);
+                    }
                 }
             }
+            let delay = backoff.next_delay(&mut rand::thread_rng());
+            debug!(job = job.describe(), ?delay, "every node failed; backing off");
+            sleep_until((Instant::now() + delay).min(deadline)).await;
         }
-        let (last_error, unreachable) =
-            last_failure.expect("the first attempt starts before the deadline");
-        Err(if answered {
-            ClientError::Unavailable { after: started.elapsed(), last_error, request_sent }
-        } else if unreachable || !request_sent {
-            let addrs = self.config.addrs.join(", ");
-            ClientError::NoNodeReachable { addrs, last_error, request_sent }
-        } else {
-            ClientError::Timeout { after: started.elapsed(), last_error }
-        })
+        Err(failures.into_error(started.elapsed(), &self.config.addrs))
     }
 
-    /// One try at the current node: connect if needed, send, wait for the matching reply.
-    async fn attempt(
+    /// One try at node `node`: connect if needed, send, wait for the answer until
+    /// `attempt_deadline`. A connection to another node is closed first.
+    async fn attempt<J: Job>(
         &mut self,
-        request: &Request,
-        deadline: Instant,
-    ) -> Result<Response, AttemptError> {
+        node: usize,
+        job: &J,
+        attempt_deadline: Instant,
+    ) -> Result<J::Answer, AttemptError> {
         let started = Instant::now();
-        let attempt_deadline = (started + self.config.attempt_timeout).min(deadline);
-        if self.conn.is_none() {
-            self.conn = Some(self.connect(attempt_deadline).await?);
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        let outcome = timeout_at(attempt_deadline, conn.call(request.clone())).await;
-        let result = match outcome {
-            Ok(Ok(Ok(response))) => return Ok(response),
+        let mut conn = match self.conn.take() {
+            Some((open, conn)) if open == node => conn,
+            _ => self.connect(node, attempt_deadline).await?,
+        };
+        let result = match timeout_at(attempt_deadline, job.send(&mut conn)).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            // The node refused this request but the connection is healthy: keep it.
             Ok(Ok(Err(error))) if !error.is_retryable() => {
-                // The node refused this request but the connection is healthy: keep it.
-                return Err(AttemptError::Fatal(ClientError::Server(error)));
+                Err(AttemptError::Fatal(ClientError::Server(error)))
             }
-            Ok(Ok(Err(error))) => Err(AttemptError::Retryable { error, sent: true }),
-            Ok(Err(error)) => Err(classify(error, true, self.current_addr())),
+            Ok(Ok(Err(error))) => {
+                return Err(AttemptError::Retryable { error, sent: J::CHANGES_STATE })
+            }
+            Ok(Err(error)) => return Err(classify(error, J::CHANGES_STATE, self.addr(node))),
             Err(_) => {
-                Err(AttemptError::NoAnswer(format!("no reply within {:.1?}", started.elapsed())))
+                let waited = started.elapsed();
+                return Err(AttemptError::NoAnswer(format!("no reply within {waited:.1?}")));
             }
         };
-        // Whatever went wrong, the next attempt goes elsewhere or starts afresh.
-        self.conn = None;
+        // Only a connection that just carried an answer is kept; after anything else the next
+        // attempt goes elsewhere or starts afresh.
+        self.conn = Some((node, conn));
         result
     }
 
-    /// Opens a connection to the current node and completes the hello, giving up at the
-    /// connect timeout or `attempt_deadline`, whichever comes first.
+    /// Opens a connection to node `node` and completes the hello, giving up at the connect
+    /// timeout or `attempt_deadline`, whichever comes first.
     async fn connect(
         &self,
+        node: usize,
         attempt_deadline: Instant,
     ) -> Result<Connection<Transport>, AttemptError> {
-        let addr = self.current_addr();
+        let addr = self.addr(node);
         let connect_deadline = (Instant::now() + self.config.connect_timeout).min(attempt_deadline);
         let max_frame_bytes = self.config.max_reply_bytes;
         let open = async {
             let stream = connection::open(addr, self.tls.as_ref()).await?;
             Connection::handshake(stream, max_frame_bytes).await
         };
+        let started = Instant::now();
         match timeout_at(connect_deadline, open).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(error)) => Err(classify(error, false, addr)),
             Err(_) => Err(AttemptError::Unreachable(format!(
                 "no connection within {:.1?}",
-                self.config.connect_timeout
+                started.elapsed()
             ))),
         }
     }
 
+    /// The address of node `node`.
+    fn addr(&self, node: usize) -> &str {
+        &self.config.addrs[node]
+    }
+
     /// Prefixes an attempt's error with the node's address when there is more than one node
     /// to tell apart.
-    fn with_addr(&self, message: String) -> String {
+    fn with_addr(&self, node: usize, message: String) -> String {
         if self.config.addrs.len() > 1 {
-            format!("{}: {message}", self.current_addr())
+            format!("{}: {message}", self.addr(node))
         } else {
             message
+        }
+    }
+}
+
+/// Something the client sends and retries until a node answers it: a [`Request`] or a
+/// question ([`ClientFrame::Status`], [`ClientFrame::Inspect`]).
+trait Job {
+    /// What a node answers.
+    type Answer;
+    /// Whether the node may act on it, so that an attempt without an answer leaves the
+    /// outcome unknown. Questions change nothing.
+    const CHANGES_STATE: bool;
+
+    /// Sends it on `conn` and waits for the answer. The outer `Result` is the connection's
+    /// fate; the inner one is the node's answer.
+    async fn send(
+        &self,
+        conn: &mut Connection<Transport>,
+    ) -> Result<Result<Self::Answer, Error>, ConnError>;
+
+    /// For logs.
+    fn describe(&self) -> String;
+}
+
+impl Job for Request {
+    type Answer = Response;
+    const CHANGES_STATE: bool = true;
+
+    async fn send(
+        &self,
+        conn: &mut Connection<Transport>,
+    ) -> Result<Result<Response, Error>, ConnError> {
+        conn.call(self.clone()).await
+    }
+
+    fn describe(&self) -> String {
+        format!("request {}", self.seq)
+    }
+}
+
+impl Job for ClientFrame {
+    type Answer = ServerFrame;
+    const CHANGES_STATE: bool = false;
+
+    async fn send(
+        &self,
+        conn: &mut Connection<Transport>,
+    ) -> Result<Result<ServerFrame, Error>, ConnError> {
+        conn.ask(self.clone()).await.map(Ok)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ClientFrame::Status => "status".into(),
+            ClientFrame::Inspect => "inspect".into(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// What the failed attempts of one request add up to, for the error its caller gets.
+#[derive(Default)]
+struct Failures {
+    /// Some attempt handed the request to a node, so it may have been applied.
+    request_sent: bool,
+    /// Some node answered (busy, unavailable): then "no node reachable" is untrue.
+    answered: bool,
+    /// The last attempt's message, and whether that node was unreachable.
+    last: Option<(String, bool)>,
+}
+
+impl Failures {
+    /// Adds one failed attempt; `changes_state` is false for questions, which leave no
+    /// outcome to be unsure of.
+    fn record(&mut self, failure: &AttemptError, message: String, changes_state: bool) {
+        self.request_sent |= changes_state && failure.sent();
+        self.answered |= matches!(failure, AttemptError::Retryable { .. });
+        self.last = Some((message, matches!(failure, AttemptError::Unreachable(_))));
+    }
+
+    /// The error for a request that ran out of time after these failures.
+    fn into_error(self, after: Duration, addrs: &[String]) -> ClientError {
+        let Failures { request_sent, answered, last } = self;
+        let (last_error, unreachable) = last.unwrap_or_else(|| ("no attempt made".into(), true));
+        if answered {
+            ClientError::Unavailable { after, last_error, request_sent }
+        } else if unreachable || !request_sent {
+            ClientError::NoNodeReachable { addrs: addrs.join(", "), last_error, request_sent }
+        } else {
+            ClientError::Timeout { after, last_error }
         }
     }
 }

@@ -22,9 +22,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// answers in milliseconds, so after this long we assume it is down and try the next one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Default time one node gets to answer a request before the client tries the next node with
-/// the same `(client, seq)`. It stays under the request deadline so a node that hangs (on the
-/// minority side of a partition, say) costs at most half of it.
+/// Default cap on the time one node gets to answer a request before the client tries the next
+/// node with the same `(client, seq)`. Each attempt gets its share of the deadline (see
+/// [`ClientConfig::attempt_timeout`]); the cap only bites with long deadlines, and 5 s keeps
+/// a node that hangs from ever costing more than it did when this was the attempt's whole
+/// time.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default largest reply frame: a `get` returns the whole string, which a node caps at 64 MiB
@@ -46,8 +48,11 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Time to connect and complete the hello with one node before moving on to the next.
     pub connect_timeout: Duration,
-    /// Time one node gets to answer one request before the same request is sent to the next
-    /// node. Clamped to what remains of `request_timeout`.
+    /// Most time one node gets to answer one request before the same request is sent to the
+    /// next node. Each attempt gets an equal share of what remains of `request_timeout` among
+    /// the nodes its round has not tried yet (at least 0.5 s), so that a node which takes the
+    /// request and never answers leaves the others time; this caps that share, and wins over
+    /// the 0.5 s floor when set lower. Never more than what remains of `request_timeout`.
     pub attempt_timeout: Duration,
     /// Largest frame accepted from a node (and sent to one): bounds the memory a reply can
     /// take. Must exceed the largest string a `get` may return.

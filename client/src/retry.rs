@@ -1,9 +1,10 @@
-//! The pure parts of the retry policy: which node to try next, and how long to wait between
-//! rounds. The loop that uses them lives in [`crate::client`].
+//! The pure parts of the retry policy: how long one node gets, which node to try next, and
+//! how long to wait between rounds. The loop that uses them lives in [`crate::client`].
 
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
 
 /// Pause after the first round in which every node failed. Short, because the usual cause is
 /// one node restarting while another is about to answer.
@@ -12,6 +13,23 @@ pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between rounds: long enough not to hammer a cluster that is down, short
 /// enough to notice quickly when it comes back.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Least time one node gets to answer, whatever the share of the deadline comes to. A healthy
+/// node answers a write in milliseconds (one round trip to a quorum and an fsync), tens under
+/// load, so half a second abandons no node that works; and it is short enough that a request
+/// with a one-second deadline still reaches a second node.
+pub(crate) const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Time one node gets for one attempt: an equal share of what remains of the deadline among
+/// the `nodes_left` nodes this round has not tried yet (counting this one), so that a node
+/// which accepts a request but never answers leaves the others time. At least
+/// [`MIN_ATTEMPT_TIMEOUT`], at most `cap` (the configured `attempt_timeout`, which wins over
+/// the floor), never beyond the deadline.
+pub(crate) fn attempt_timeout(remaining: Duration, nodes_left: usize, cap: Duration) -> Duration {
+    assert!(nodes_left > 0, "an attempt is made at a node that is left to try");
+    let share = remaining / u32::try_from(nodes_left).unwrap_or(u32::MAX);
+    share.max(MIN_ATTEMPT_TIMEOUT).min(cap).min(remaining)
+}
 
 /// Round-robin position in the node list. The client starts each request at the node that
 /// last answered and moves one step on every failed attempt.
@@ -22,25 +40,30 @@ pub(crate) struct Rotation {
 }
 
 impl Rotation {
-    /// A rotation over `len` nodes starting at `start` (taken modulo `len`).
-    pub(crate) fn new(len: usize, start: usize) -> Self {
+    /// A rotation over `len` nodes starting at the first.
+    pub(crate) fn new(len: usize) -> Self {
         assert!(len > 0, "a rotation needs at least one node");
-        Self { len, current: start % len }
+        Self { len, current: 0 }
     }
 
-    /// Index of the node to try now.
-    pub(crate) fn current(&self) -> usize {
+    /// Node `node` answered: the next request starts there.
+    pub(crate) fn answered(&mut self, node: usize, _now: Instant) {
+        self.current = node;
+    }
+
+    /// Node `node` failed: move on to the next node, wrapping around.
+    pub(crate) fn failed(&mut self, node: usize, _now: Instant) {
+        self.current = (node + 1) % self.len;
+    }
+
+    /// Every node once, starting at the current one.
+    pub(crate) fn order(&self, _now: Instant) -> Vec<usize> {
+        (0..self.len).map(|i| (self.current + i) % self.len).collect()
+    }
+
+    /// The node a request would start at.
+    pub(crate) fn preferred(&self, _now: Instant) -> usize {
         self.current
-    }
-
-    /// Moves on to the next node, wrapping around.
-    pub(crate) fn advance(&mut self) {
-        self.current = (self.current + 1) % self.len;
-    }
-
-    /// Number of nodes: one round tries each once.
-    pub(crate) fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -73,22 +96,35 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn rotation_visits_every_node_once_per_round_and_wraps() {
-        let mut rotation = Rotation::new(3, 4);
-        let mut seen = Vec::new();
-        for _ in 0..2 * rotation.len() {
-            seen.push(rotation.current());
-            rotation.advance();
+    fn attempts_share_what_remains_among_the_nodes_left() {
+        let cap = Duration::from_secs(5);
+        let secs = Duration::from_secs;
+        // (remaining, nodes left, expected)
+        for (remaining, left, expected) in [
+            (secs(5), 2, 2500 * MS),   // `--timeout 5`, two nodes: the first gets half
+            (2500 * MS, 1, 2500 * MS), // ...and the last node what is left
+            (secs(10), 3, Duration::from_nanos(3_333_333_333)),
+            (secs(30), 2, secs(5)),  // never more than the cap
+            (secs(1), 4, 500 * MS),  // at least the floor...
+            (300 * MS, 2, 300 * MS), // ...but never past the deadline
+        ] {
+            assert_eq!(attempt_timeout(remaining, left, cap), expected, "{remaining:?} / {left}");
         }
-        assert_eq!(seen, [1, 2, 0, 1, 2, 0], "starts at 4 mod 3 and wraps around");
+        let low_cap = 200 * MS;
+        assert_eq!(attempt_timeout(secs(5), 2, low_cap), low_cap, "a set cap wins over the floor");
     }
 
     #[test]
-    fn single_node_rotation_stays_put() {
-        let mut rotation = Rotation::new(1, 0);
-        rotation.advance();
-        assert_eq!(rotation.current(), 0);
+    fn rotation_visits_every_node_once_per_round_and_wraps() {
+        let now = Instant::now();
+        let mut rotation = Rotation::new(3);
+        rotation.failed(0, now);
+        assert_eq!(rotation.order(now), [1, 2, 0]);
+        rotation.answered(2, now);
+        assert_eq!(rotation.order(now), [2, 0, 1]);
     }
 
     #[test]

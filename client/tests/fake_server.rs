@@ -2,8 +2,9 @@
 //! replies, and the retry policy (which node is tried next, and that a retry keeps the same
 //! `(client, seq)`).
 //!
-//! Nothing here depends on timing except the two deadline tests, which only check what
-//! happens once a deadline has passed.
+//! Nothing here depends on timing except the deadline tests, which only check what happens
+//! once a deadline has passed, and the failover tests, which bound how long moving on from a
+//! hung node takes with a second of slack.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -313,4 +314,83 @@ async fn a_status_that_only_finds_refusing_nodes_is_unavailable_not_unreachable(
     let error = client.append("x").await.unwrap_err();
     assert!(matches!(error, ClientError::Unavailable { request_sent: false, .. }), "{error:?}");
     assert!(!error.is_outcome_unknown(), "refused at the hello: nothing was sent");
+}
+
+/// The deadline `strstore-cli --timeout 5` gives a request.
+const CLI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a request may take when one of two nodes hangs: the hung node's share of the
+/// deadline (half of it) plus a second of slack for a slow machine. Well short of the
+/// deadline, which is what the first node alone used to take.
+const FAILOVER_WITHIN: Duration = Duration::from_millis(3_500);
+
+/// A node cut off from its peers: it completes the hello and takes requests, but answers
+/// nothing (a real node holds them for up to its failure timeout before it starts answering
+/// `Unavailable`; docs/protocol.md "Heartbeats and failure detection").
+fn cut_off(_: &Request) -> Action {
+    Action::Ignore
+}
+
+#[tokio::test]
+async fn a_node_that_accepts_but_never_answers_costs_only_its_share_of_the_deadline() {
+    let hung = FakeNode::start(cut_off).await;
+    let healthy = FakeNode::start(len_of_value).await;
+    // What `strstore-cli --addr HUNG,HEALTHY --timeout 5` builds.
+    let mut client = Client::new(config(&[&hung.addr, &healthy.addr], CLI_TIMEOUT)).unwrap();
+
+    let started = std::time::Instant::now();
+    assert_eq!(client.append("hello").await.unwrap(), 45, "served by the healthy node");
+    let write_took = started.elapsed();
+    eprintln!("write served after {write_took:.2?}");
+    assert!(write_took < FAILOVER_WITHIN, "the write took {write_took:?}");
+    let (tried, served) = (hung.requests(), healthy.requests());
+    assert_eq!(served, tried, "the write moved on with the same (client, seq)");
+
+    let started = std::time::Instant::now();
+    assert_eq!(&client.get().await.unwrap()[..], b"hello");
+    let read_took = started.elapsed();
+    eprintln!("get served after {read_took:.2?}");
+    assert!(read_took < Duration::from_secs(1), "the get went back to the hung node");
+    assert_eq!(hung.requests().len(), 1, "the get starts at the node that answered");
+}
+
+/// Runs the built `strstore-cli` with `args` and returns its stdout, stderr, exit code and
+/// run time. Runs on a blocking thread so the fake nodes keep serving meanwhile.
+async fn run_cli(args: Vec<String>) -> (String, String, Option<i32>, Duration) {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_strstore-cli"))
+            .args(&args)
+            .env_remove("STRSTORE_ADDR")
+            .env_remove("STRSTORE_TLS_CA")
+            .env_remove("STRSTORE_TLS_CERT")
+            .env_remove("STRSTORE_TLS_KEY")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("strstore-cli runs");
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        (text(output.stdout), text(output.stderr), output.status.code(), started.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_fails_over_from_a_hung_first_node_within_its_timeout() {
+    let hung = FakeNode::start(cut_off).await;
+    let healthy = FakeNode::start(len_of_value).await;
+    let addrs = format!("{},{}", hung.addr, healthy.addr);
+    for (command, expected) in [("append", "45\n"), ("get", "hello\n")] {
+        let mut args = vec!["--addr".into(), addrs.clone(), "--timeout".into(), "5".into()];
+        args.push(command.into());
+        if command == "append" {
+            args.push("hello".into());
+        }
+        let (stdout, stderr, code, took) = run_cli(args).await;
+        eprintln!("strstore-cli {command} finished after {took:.2?}");
+        assert_eq!((code, stdout.as_str()), (Some(0), expected), "{command}: {stderr}");
+        assert!(took < FAILOVER_WITHIN, "{command} took {took:?}");
+    }
+    assert_eq!(hung.requests().len(), 2, "each run tried the first node once");
+    assert_eq!(healthy.requests().len(), 2);
 }
