@@ -4,8 +4,9 @@
 //! so the cluster applies the request at most once however many copies of it arrive.
 //!
 //! Retry policy, per request:
-//! 1. Try the nodes in rounds, each node once per round, starting at the node that answered
-//!    last and going on in list order.
+//! 1. Try the nodes in rounds, each node once per round, in order of preference: the node
+//!    that answered most recently first, then the others by how recently they answered (in
+//!    list order if never), and nodes that failed in the last few seconds last.
 //! 2. Each attempt gets an equal share of what remains of `request_timeout` among the nodes
 //!    the round has left, at least 0.5 s and at most `attempt_timeout`. So a node that takes
 //!    the request and never answers (one cut off from its peers) costs only its share, and
@@ -27,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::connection::{self, ConnError, Connection};
-use crate::retry::{attempt_timeout, Backoff, Rotation, BACKOFF_MAX, BACKOFF_MIN};
+use crate::retry::{attempt_timeout, Backoff, NodeHealth, BACKOFF_MAX, BACKOFF_MIN};
 use crate::stream::Stream;
 use crate::{ClientConfig, ClientError};
 
@@ -43,8 +44,9 @@ pub struct Client {
     /// Number for the next new request; never goes down, because a node refuses a request
     /// older than one it already applied for this client ([`Error::Superseded`]).
     next_seq: ReqSeq,
-    /// Which node to try first: the one that answered last.
-    rotation: Rotation,
+    /// When each node last answered and last failed: where a request starts, and where it
+    /// goes next.
+    health: NodeHealth,
     /// Open connection, if any, with the index in `config.addrs` of its node. Opened lazily,
     /// kept while it carries answers.
     conn: Option<(usize, Connection<Transport>)>,
@@ -119,8 +121,8 @@ impl Client {
             return Err(ClientError::Config("request numbers start at 1".into()));
         }
         let tls = config.tls.as_ref().map(crate::tls::connector).transpose()?;
-        let rotation = Rotation::new(config.addrs.len());
-        Ok(Self { config, client_id, next_seq, rotation, conn: None, tls })
+        let health = NodeHealth::new(config.addrs.len());
+        Ok(Self { config, client_id, next_seq, health, conn: None, tls })
     }
 
     /// This session's identity, as sent in every request.
@@ -133,9 +135,10 @@ impl Client {
         self.next_seq
     }
 
-    /// The node the next request goes to first: the one that answered last.
+    /// The node the next request goes to first: the one that answered most recently, unless
+    /// it failed since (then another, see the module doc).
     pub fn current_addr(&self) -> &str {
-        self.addr(self.rotation.preferred(Instant::now()))
+        self.addr(self.health.preferred(Instant::now()))
     }
 
     /// The id of the node we are connected to, if a connection is open.
@@ -220,7 +223,7 @@ impl Client {
     }
 
     /// Tries `job` at one node after another, in rounds that visit each node once in the
-    /// order [`Rotation::order`] gives, with a backoff between rounds, until a node answers,
+    /// order [`NodeHealth::order`] gives, with a backoff between rounds, until a node answers,
     /// an error says stop, or the request deadline passes.
     async fn retry<J: Job>(&mut self, job: &J) -> Result<J::Answer, ClientError> {
         let started = Instant::now();
@@ -228,7 +231,7 @@ impl Client {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut failures = Failures::default();
         while Instant::now() < deadline {
-            let order = self.rotation.order(Instant::now());
+            let order = self.health.order(Instant::now());
             for (tried, &node) in order.iter().enumerate() {
                 let now = Instant::now();
                 if now >= deadline {
@@ -240,18 +243,18 @@ impl Client {
                 let now = Instant::now();
                 match outcome {
                     Ok(answer) => {
-                        self.rotation.answered(node, now);
+                        self.health.answered(node, now);
                         return Ok(answer);
                     }
                     Err(AttemptError::Fatal(error)) => {
                         // A refusal of this request still shows the node is up and serving.
                         if matches!(error, ClientError::Server(_)) {
-                            self.rotation.answered(node, now);
+                            self.health.answered(node, now);
                         }
                         return Err(error);
                     }
                     Err(failure) => {
-                        self.rotation.failed(node, now);
+                        self.health.failed(node, now);
                         let message = self.with_addr(node, failure.message());
                         debug!(job = job.describe(), ?budget, error = message, "attempt failed");
                         failures.record(&failure, message, J::CHANGES_STATE);

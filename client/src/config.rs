@@ -40,8 +40,9 @@ const MIN_REPLY_BYTES: usize = 1 << 10;
 /// How a [`Client`](crate::Client) finds and talks to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// Nodes to try, as `HOST:PORT`, in round-robin order starting with the first. Any member
-    /// can serve any request, so the order only spreads load and picks the first node to try.
+    /// Nodes to try, as `HOST:PORT`. Any member can serve any request. A request starts at the
+    /// node that answered most recently and moves on by how recently the others answered; the
+    /// list order only decides among nodes never heard from (so the first is tried first).
     pub addrs: Vec<String>,
     /// Overall deadline of one request, retries and backoff included. When it passes the
     /// caller gets [`ClientError::Timeout`] or [`ClientError::NoNodeReachable`].

@@ -22,7 +22,8 @@
 //!   the byte stream (`stream`: plain TCP or TLS).
 //! - [`tls`]: TLS settings ([`TlsFiles`], the shared `--tls-*` flags) and TLS failures
 //!   explained in terms of what to change.
-//! - `retry`: round-robin over the nodes and jittered exponential backoff.
+//! - `retry`: each attempt's share of the deadline, which node to try first (the one that
+//!   answered most recently), and jittered exponential backoff.
 //! - [`error`]: [`ClientError`], which tells "rejected" from "outcome unknown".
 //!
 //! The binaries `strstore-cli` (one command per run) and `strstore-bench` (closed-loop load

@@ -20,6 +20,12 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// with a one-second deadline still reaches a second node.
 pub(crate) const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a node that failed stays behind the others when the client picks where to start,
+/// unless it answers again first. A node cut off from its peers refuses or stalls for at least
+/// the cluster's failure timeout (2 s) and is then removed from the view, so for a few seconds
+/// trying it first only costs time; after that it may have rejoined and gets its turn again.
+pub(crate) const SUSPECT_FOR: Duration = Duration::from_secs(5);
+
 /// Time one node gets for one attempt: an equal share of what remains of the deadline among
 /// the `nodes_left` nodes this round has not tried yet (counting this one), so that a node
 /// which accepts a request but never answers leaves the others time. At least
@@ -31,39 +37,72 @@ pub(crate) fn attempt_timeout(remaining: Duration, nodes_left: usize, cap: Durat
     share.max(MIN_ATTEMPT_TIMEOUT).min(cap).min(remaining)
 }
 
-/// Round-robin position in the node list. The client starts each request at the node that
-/// last answered and moves one step on every failed attempt.
-#[derive(Clone, Debug)]
-pub(crate) struct Rotation {
-    len: usize,
-    current: usize,
+/// What the client last heard from one node.
+#[derive(Clone, Copy, Debug, Default)]
+struct Heard {
+    /// When the node last answered (a result, or a refusal that is the request's fault).
+    ok: Option<Instant>,
+    /// When the node last failed: unreachable, silent, or unable to serve.
+    failed: Option<Instant>,
 }
 
-impl Rotation {
-    /// A rotation over `len` nodes starting at the first.
+impl Heard {
+    /// Failed within [`SUSPECT_FOR`] of `now` and has not answered since.
+    fn suspect(&self, now: Instant) -> bool {
+        match self.failed {
+            Some(failed) => {
+                self.ok.is_none_or(|ok| ok < failed) && now.duration_since(failed) < SUSPECT_FOR
+            }
+            None => false,
+        }
+    }
+}
+
+/// Per node, when it last answered and when it last failed, and from that the order in which
+/// a request tries the nodes. Deterministic: equal records keep the order of the node list.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeHealth {
+    heard: Vec<Heard>,
+}
+
+impl NodeHealth {
+    /// `len` nodes, none heard from yet.
     pub(crate) fn new(len: usize) -> Self {
-        assert!(len > 0, "a rotation needs at least one node");
-        Self { len, current: 0 }
+        assert!(len > 0, "a client needs at least one node");
+        Self { heard: vec![Heard::default(); len] }
     }
 
-    /// Node `node` answered: the next request starts there.
-    pub(crate) fn answered(&mut self, node: usize, _now: Instant) {
-        self.current = node;
+    /// Node `node` answered at `now`.
+    pub(crate) fn answered(&mut self, node: usize, now: Instant) {
+        self.heard[node].ok = Some(now);
     }
 
-    /// Node `node` failed: move on to the next node, wrapping around.
-    pub(crate) fn failed(&mut self, node: usize, _now: Instant) {
-        self.current = (node + 1) % self.len;
+    /// Node `node` failed at `now`.
+    pub(crate) fn failed(&mut self, node: usize, now: Instant) {
+        self.heard[node].failed = Some(now);
     }
 
-    /// Every node once, starting at the current one.
-    pub(crate) fn order(&self, _now: Instant) -> Vec<usize> {
-        (0..self.len).map(|i| (self.current + i) % self.len).collect()
+    /// Every node once, in the order to try them at `now`: first those not suspect, the one
+    /// that answered most recently first and those never heard from after them; then the
+    /// suspects, the one that failed longest ago (most likely to be back) first.
+    pub(crate) fn order(&self, now: Instant) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.heard.len()).collect();
+        // Stable sort on a key: ties keep list order. `Reverse` puts late answers first and,
+        // as `None` sorts first, never-heard nodes after every node that answered.
+        order.sort_by_key(|&node| {
+            let heard = &self.heard[node];
+            if heard.suspect(now) {
+                (true, std::cmp::Reverse(None), heard.failed)
+            } else {
+                (false, std::cmp::Reverse(heard.ok), None)
+            }
+        });
+        order
     }
 
-    /// The node a request would start at.
-    pub(crate) fn preferred(&self, _now: Instant) -> usize {
-        self.current
+    /// The node a request would start at, at `now`.
+    pub(crate) fn preferred(&self, now: Instant) -> usize {
+        self.order(now)[0]
     }
 }
 
@@ -118,13 +157,39 @@ mod tests {
     }
 
     #[test]
-    fn rotation_visits_every_node_once_per_round_and_wraps() {
+    fn unknown_nodes_are_tried_in_list_order() {
         let now = Instant::now();
-        let mut rotation = Rotation::new(3);
-        rotation.failed(0, now);
-        assert_eq!(rotation.order(now), [1, 2, 0]);
-        rotation.answered(2, now);
-        assert_eq!(rotation.order(now), [2, 0, 1]);
+        assert_eq!(NodeHealth::new(3).order(now), [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_node_that_answered_last_comes_first_and_recent_failures_last() {
+        let t0 = Instant::now();
+        let mut health = NodeHealth::new(4);
+        health.answered(2, t0);
+        health.answered(1, t0 + 10 * MS);
+        health.failed(0, t0 + 20 * MS);
+        let now = t0 + 30 * MS;
+        assert_eq!(health.order(now), [1, 2, 3, 0], "latest answer, older answer, unknown, failed");
+        assert_eq!(health.preferred(now), 1);
+
+        health.failed(1, t0 + 40 * MS);
+        let now = t0 + 50 * MS;
+        assert_eq!(health.order(now), [2, 3, 0, 1], "suspects last, the oldest failure first");
+        health.answered(0, t0 + 60 * MS);
+        assert_eq!(health.order(now), [0, 2, 3, 1], "an answer clears the suspicion at once");
+    }
+
+    #[test]
+    fn a_failure_is_forgotten_after_the_suspect_window() {
+        let t0 = Instant::now();
+        let mut health = NodeHealth::new(3);
+        health.answered(1, t0);
+        health.failed(1, t0 + MS);
+        health.failed(0, t0 + MS);
+        assert_eq!(health.order(t0 + SUSPECT_FOR), [2, 0, 1], "both still suspect");
+        let later = t0 + MS + SUSPECT_FOR;
+        assert_eq!(health.order(later), [1, 0, 2], "by last answer again: 1 answered once");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! once a deadline has passed, and the failover tests, which bound how long moving on from a
 //! hung node takes with a second of slack.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -393,4 +394,47 @@ async fn the_cli_fails_over_from_a_hung_first_node_within_its_timeout() {
     }
     assert_eq!(hung.requests().len(), 2, "each run tried the first node once");
     assert_eq!(healthy.requests().len(), 2);
+}
+
+/// A node that serves while `serving` is set and answers `Unavailable` otherwise.
+async fn switchable(serving: &Arc<AtomicBool>) -> FakeNode {
+    let serving = serving.clone();
+    FakeNode::start(move |request| match serving.load(Ordering::SeqCst) {
+        true => len_of_value(request),
+        false => Action::Reply(Err(unavailable())),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn requests_start_at_the_node_that_answered_most_recently_and_skip_recent_failures() {
+    let hung = FakeNode::start(cut_off).await;
+    let (b_serves, c_serves) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+    let (b, c) = (switchable(&b_serves).await, switchable(&c_serves).await);
+    let deadline = Duration::from_secs(3);
+    let mut client = Client::new(config(&[&hung.addr, &b.addr, &c.addr], deadline)).unwrap();
+    let requests = |node: &FakeNode| node.requests().len();
+
+    client.append("1").await.unwrap();
+    assert_eq!((requests(&hung), requests(&b), requests(&c)), (1, 1, 0), "hung, then b");
+
+    // b fails: c, never tried, goes before the node that just hung.
+    b_serves.store(false, Ordering::SeqCst);
+    client.append("2").await.unwrap();
+    assert_eq!((requests(&hung), requests(&b), requests(&c)), (1, 2, 1));
+
+    // Six seconds later (the client's clock jumps) both failures are older than the 5 s a
+    // failure counts against a node: b, which answered once, goes before the node that never
+    // did, once c, the latest to answer, fails.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::resume();
+    b_serves.store(true, Ordering::SeqCst);
+    c_serves.store(false, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    client.append("3").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!((requests(&hung), requests(&b), requests(&c)), (1, 3, 2), "c, then b");
+    assert!(took < Duration::from_millis(500), "the third write took {took:?}");
+    assert_eq!(client.current_addr(), b.addr);
 }
