@@ -29,6 +29,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// time.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Least time one node gets to answer, whatever the share of the deadline comes to. A healthy
+/// node answers a write in milliseconds (one round trip to a quorum and an fsync), tens under
+/// load, so half a second abandons no node that works; and it is short enough that a request
+/// with a one-second deadline still reaches a second node.
+pub const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Default largest reply frame: a `get` returns the whole string, which a node caps at 64 MiB
 /// by default, plus 1 MiB of slack for framing and for nodes configured a little higher.
 pub const DEFAULT_MAX_REPLY_BYTES: usize = (64 << 20) + (1 << 20);

@@ -6,6 +6,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::config::MIN_ATTEMPT_TIMEOUT;
+
 /// Pause after the first round in which every node failed. Short, because the usual cause is
 /// one node restarting while another is about to answer.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -13,12 +15,6 @@ pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between rounds: long enough not to hammer a cluster that is down, short
 /// enough to notice quickly when it comes back.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Least time one node gets to answer, whatever the share of the deadline comes to. A healthy
-/// node answers a write in milliseconds (one round trip to a quorum and an fsync), tens under
-/// load, so half a second abandons no node that works; and it is short enough that a request
-/// with a one-second deadline still reaches a second node.
-pub(crate) const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long a node that failed stays behind the others when the client picks where to start,
 /// unless it answers again first. A node cut off from its peers refuses or stalls for at least

@@ -31,6 +31,14 @@ const EXIT_UNAVAILABLE: u8 = 3;
 VALUE is taken as raw bytes; `-` reads the value from standard input instead (all of it, \
 unchanged). A value that starts with `-` goes after `--`, as in `strstore-cli append -- -x`.
 
+TIMEOUTS: --timeout bounds the whole request. The client tries the nodes given with --addr \
+in turn (each run starts at the first; a failed node is tried again only after the others), \
+and each node gets the time left divided by the number of nodes not yet tried: at least \
+0.5 s, at most 5 s, and of that at most 2 s to connect. With --timeout 5 and two nodes, a \
+node that accepts the request but never answers costs 2.5 s and the second node still has \
+2.5 s. A node that refuses, or whose port is closed, costs only the time it takes to say so. \
+The request keeps its identity at every node, so it is applied at most once.
+
 TLS: with --tls-ca the client speaks TLS and checks each node's certificate against that CA \
 for the host it dials; nodes started with --client-auth required also need --tls-cert and \
 --tls-key. The flags can be set once with STRSTORE_TLS_CA, STRSTORE_TLS_CERT and \
@@ -55,7 +63,9 @@ struct Cli {
     )]
     addr: Addrs,
 
-    /// Give up after this many seconds, retries included.
+    /// Give up after this many seconds, retries included. Each node gets a share of the time
+    /// left (see TIMEOUTS below), so one that takes the request and never answers cannot use
+    /// it all up.
     #[arg(
         long,
         global = true,
@@ -408,6 +418,24 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_timeouts_the_help_names_are_the_library_defaults() {
+        use strstore_client::config::{
+            DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MIN_ATTEMPT_TIMEOUT,
+        };
+        let help = Cli::command().render_long_help().to_string();
+        let named = [
+            (MIN_ATTEMPT_TIMEOUT, "at least 0.5 s"),
+            (DEFAULT_ATTEMPT_TIMEOUT, "at most 5 s"),
+            (DEFAULT_CONNECT_TIMEOUT, "at most 2 s to connect"),
+        ];
+        for (value, words) in named {
+            let secs = value.as_secs_f64();
+            assert!(words.contains(&format!("{secs} s")), "{words:?} is not {value:?}");
+            assert!(help.contains(words), "the help no longer says {words:?}");
+        }
     }
 
     #[test]
