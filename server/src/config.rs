@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use strstore_protocol::{NodeId, DEFAULT_MAX_FRAME_BYTES};
 
+use crate::detection::DetectionArgs;
 use crate::edge::reader::RequestBudget;
 use crate::replica::{self, Limits};
 use crate::tls::{ClientAuth, NodeFiles, TlsSettings};
@@ -129,6 +130,9 @@ pub struct NodeArgs {
     /// so that tests can play a misconfigured or hostile node and watch it being refused.
     #[arg(long, hide = true)]
     pub tls_skip_own_check: bool,
+
+    #[command(flatten)]
+    pub detection: DetectionArgs,
 }
 
 /// A validated node configuration.
@@ -158,6 +162,7 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// TLS material and client-port mode; `None` only for a single node without --tls-dir.
     pub tls: Option<TlsSettings>,
+    pub detection: DetectionArgs,
 }
 
 /// A configuration mistake, worded for the operator.
@@ -254,6 +259,7 @@ impl NodeArgs {
                 "--tick-ms, --window and --max-connections must be > 0".into(),
             ));
         }
+        self.detection.validate(self.tick_ms)?;
         if self.repair && peers.len() < 2 {
             return Err(ConfigError::Invalid(
                 "--repair rebuilds a node from the other members of its cluster, and --peers \
@@ -285,6 +291,7 @@ impl NodeArgs {
             request_memory_bytes,
             snapshot_every: self.snapshot_every,
             tls,
+            detection: self.detection.clone(),
         })
     }
 
@@ -378,6 +385,7 @@ impl NodeConfig {
         cfg.initial_view.limits = self.limits;
         cfg.window = self.window;
         cfg.snapshot_every = self.snapshot_every;
+        self.detection.apply(cfg.tick_ms, &mut cfg);
         // An action must fit in a frame with room for its header.
         cfg.max_action_bytes = cfg.max_action_bytes.min(self.max_frame_bytes / 2);
         cfg

@@ -9,11 +9,13 @@
 //!   [`transport`] carries peer messages over mutual TLS.
 //! - [`tls`]: TLS material, node identity in certificates, and plain-words handshake errors;
 //!   [`certs`] creates the cluster CA and certificates (`strstore-server certs`).
-//! - [`config`]: command-line configuration and its validation.
+//! - [`config`]: command-line configuration and its validation; [`detection`] the flags of
+//!   failure and slowness detection.
 
 pub mod certs;
 pub mod client_conn;
 pub mod config;
+pub mod detection;
 pub mod edge;
 pub mod health;
 pub mod log;

@@ -55,7 +55,10 @@ fn killed_member_is_removed_then_rejoins() {
     c.node(3).kill();
     let took = append_via(addrs(&c, &[1, 2]), "<b>");
     println!("member failure: kill -9 to first acknowledged write: {took:.2?}");
-    assert!(took < Duration::from_secs(15), "writes resumed only after {took:?}");
+    // The adaptive detector removes a crashed member after 0.5 s of silence in a calm
+    // cluster (the benchmark prints the real figure); the bound leaves room for a slow
+    // machine, and fails on the fixed 2 s timeout plus its slow election back-off.
+    assert!(took < Duration::from_secs(5), "writes resumed only after {took:?}");
     let status = status_json(&c, 1);
     let n3 = status["members"].as_array().unwrap().iter().find(|m| m["member"]["id"] == 3).cloned();
     assert_eq!(n3.map(|m| m["state"].clone()), Some(serde_json::json!("Failed")), "{status}");
@@ -80,6 +83,7 @@ fn killed_master_is_replaced_and_rejoins() {
     c.node(1).kill();
     let took = append_via(addrs(&c, &[2, 3]), "<b>");
     println!("master failure: kill -9 to first acknowledged write: {took:.2?}");
+    assert!(took < Duration::from_secs(5), "writes resumed only after {took:?}");
     let status = status_json(&c, 2);
     assert_ne!(status["master"], 1, "a new master was elected: {status}");
 
@@ -130,4 +134,70 @@ fn a_node_not_listed_at_start_joins_a_running_cluster() {
     }
     c.cli_ok(id, &["append", "<b>"]);
     assert_eq!(converged_get(&c, &[1, 2, 3, id]), "<a><b>\n");
+}
+
+/// Whether `id` is in the view `status` at `via` reports (removed members are listed as
+/// failed until they rejoin).
+fn in_view(c: &TestCluster, via: u64, id: u64) -> bool {
+    status_json(c, via)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["member"]["id"] == id && m["state"] != "Failed")
+}
+
+/// A member paused for 1.5 s of every 3 s is never silent long enough for the old fixed
+/// 2 s timeout, yet every write waits for it during each pause. It must be removed, stay
+/// out while it keeps flapping (its hold-down grows with each removal), let the others
+/// write meanwhile, and come back by itself once it stops.
+#[test]
+fn a_flapping_member_is_removed_and_comes_back_once_it_stops() {
+    let mut c = TestCluster::start(3);
+    c.cli_ok(1, &["append", "<a>"]);
+    let pid = c.node(3).pid().expect("n3 runs").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill").args(["-s", sig, &pid]).status();
+        assert!(status.expect("kill runs").success(), "kill -s {sig} {pid}");
+    };
+    let flapping = Instant::now();
+    let mut removed_after = None;
+    let mut late_writes = 0;
+    let mut client = ClientConfig::with_addrs(addrs(&c, &[1, 2]));
+    client.request_timeout = Duration::from_secs(30);
+    let rt = runtime();
+    let mut client = Client::new(client).expect("client");
+    for cycle in 0..8 {
+        signal("STOP");
+        let resume_at = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < resume_at {
+            rt.block_on(client.append(format!("<w{cycle}>"))).expect("write at n1, n2");
+            late_writes += usize::from(cycle >= 5);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal("CONT");
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = !in_view(&c, 1, 3);
+        if out && removed_after.is_none() {
+            removed_after = Some(flapping.elapsed());
+        }
+        // After the second removal the hold-down (4 s) outlasts every steady spell (1.5 s).
+        if cycle >= 5 {
+            assert!(out, "n3 was added back while still flapping (cycle {cycle})\n{}", c.logs());
+        }
+    }
+    let removed_after = removed_after.expect("the flapping member was never removed");
+    println!("flapping member out of the view at the check {removed_after:.1?} after the flapping began (checked every 3 s)");
+    // Three pauses of 1.5 s with a write every 50 ms or so: about 90 if nothing waits for
+    // n3, about 3 if every write waits out its pause.
+    println!("{late_writes} writes acknowledged during the last three pauses");
+    assert!(late_writes >= 30, "writes were held back by the paused member: {late_writes}");
+    let stopped = Instant::now();
+    while !in_view(&c, 1, 3) {
+        assert!(stopped.elapsed() < Duration::from_secs(60), "n3 never came back\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("n3 back {:.1?} after it stopped flapping", stopped.elapsed());
+    c.cli_ok(3, &["append", "<z>"]);
+    let string = converged_get(&c, &[1, 2, 3]);
+    assert!(string.starts_with("<a><w0>") && string.ends_with("<z>\n"), "{string}");
 }

@@ -2,15 +2,18 @@
 //!
 //! Members send the master a heartbeat with their health every `heartbeat_ticks`; the master
 //! answers each with the view and its table of members, so members notice a dead master and
-//! any node can report the cluster's status. The master declares a member failed after
-//! `failure_ticks` of silence; the view change that removes it lives in `view_change.rs`.
+//! any node can report the cluster's status. The master declares a member failed after a
+//! silence longer than its adaptive timeout (`detector::Gaps`), and slow when its acks hold
+//! commits back (`detector::AckLag`); the view change that removes it lives in
+//! `view_change.rs`. A removed node is added again once it passed its hold-down.
 
 use rand::Rng;
 use strstore_protocol::{
     Epoch, Health, Member, MemberState, MemberStatus, NodeId, PeerMsg, View, ViewProposal,
 };
 
-use super::node::Replica;
+use super::detector::{Gaps, HoldDownConfig};
+use super::node::{Replica, Ticks};
 
 impl Replica {
     pub(super) fn tick_membership(&mut self) {
@@ -18,9 +21,12 @@ impl Replica {
             return;
         }
         self.next_heartbeat = self.now + self.cfg.heartbeat_ticks;
-        if !self.is_member() {
+        // A node that heard of a newer view keeps asking, once per heartbeat, until it is in
+        // one: the master adds a node it removed only once it has heard it steadily.
+        if !self.is_member() || !self.join_hints.is_empty() {
             self.ask_to_join(None);
-        } else if !self.is_master() {
+        }
+        if self.is_member() && !self.is_master() {
             let mut health = self.health.clone();
             health.applied = self.applied_actions;
             health.clock = self.clock;
@@ -32,8 +38,29 @@ impl Replica {
     }
 
     pub(super) fn reset_election_timer(&mut self) {
-        let f = self.cfg.failure_ticks.max(1);
-        self.election_after = f + self.rng.gen_range(0..f);
+        self.election_jitter = self.rng.gen_range(0..=self.cfg.min_failure_ticks / 2);
+    }
+
+    /// Silence after which `peer` counts as failed here: adapted to the gaps it has shown.
+    pub(super) fn silence_timeout(&self, peer: NodeId) -> Ticks {
+        let (min, max) = (self.cfg.min_failure_ticks, self.cfg.failure_ticks);
+        self.gaps.get(&peer).map_or(max.max(min), |g| g.timeout(min, max))
+    }
+
+    /// `peer`, whose silence this node judges, was heard.
+    fn heard(&mut self, peer: NodeId) {
+        let heartbeat = self.cfg.heartbeat_ticks;
+        self.gaps.entry(peer).or_insert_with(|| Gaps::new(heartbeat)).heard(self.now);
+    }
+
+    /// How long whom the master removed must wait before it is added again.
+    pub(super) fn hold_down_config(&self) -> HoldDownConfig {
+        HoldDownConfig {
+            base: self.cfg.hold_down_ticks,
+            max: self.cfg.max_hold_down_ticks.max(self.cfg.hold_down_ticks),
+            // A node outside the view asks once per heartbeat interval, through every member.
+            gap: 3 * self.cfg.heartbeat_ticks.max(1),
+        }
     }
 
     pub(super) fn on_heartbeat(
@@ -63,6 +90,7 @@ impl Replica {
         }
         if epoch == self.view.epoch && self.view.contains(from) {
             self.last_heard.insert(from, self.now);
+            self.heard(from);
             self.member_health.insert(from, health);
         }
         let ack =
@@ -79,6 +107,7 @@ impl Replica {
     ) {
         if view.epoch == self.view.epoch && from == self.view.master {
             self.master_heard = self.now;
+            self.heard(from);
             self.master_table = members;
             if view.limits != self.view.limits {
                 // Only the first view is not agreed by a view change: each node built it
@@ -145,10 +174,27 @@ impl Replica {
             self.send_catch_up(member.id);
             return;
         }
+        // A member still in the epoch before ours missed the decision that started it (it
+        // was down, or the message was lost): hand it that decision, as an answer to its
+        // heartbeat would. Its heartbeats may go to the old master, which left the view, and
+        // without its promise a view of two could never change again.
+        if !fresh && epoch + 1 == self.view.epoch && from == member.id {
+            if let Some(proposal) = self.last_decided.clone().filter(|p| p.view.contains(from)) {
+                let env = self.envelope(from, PeerMsg::Decided { proposal, snapshot: None });
+                self.ready.messages.push(env);
+                return;
+            }
+        }
         if !self.is_member() {
             return;
         }
         if !self.is_master() {
+            if fresh && self.view.contains(member.id) {
+                // A member that lost its state: if this node ends up proposing (an election,
+                // a takeover), its proposal must re-add it from a snapshot, not keep it as a
+                // member that can no longer vote.
+                self.joiners.insert(member.id, member.clone());
+            }
             let env = self.envelope(self.view.master, PeerMsg::Join { member, fresh });
             self.ready.messages.push(env);
             return;
@@ -157,6 +203,10 @@ impl Replica {
         // view change, unless it just joined.
         if self.view.contains(member.id) && self.now < self.view_started + self.cfg.failure_ticks {
             return;
+        }
+        let hold = self.hold_down_config();
+        if !self.view.contains(member.id) && !self.hold_down.may_rejoin(member.id, self.now, hold) {
+            return; // removed lately: it must first be heard steadily for its hold-down
         }
         self.joiners.insert(member.id, member);
     }
@@ -197,7 +247,7 @@ impl Replica {
                         self.last_heard.get(&m.id).copied().unwrap_or(self.view_started),
                     )
                 };
-                let state = if silent > self.cfg.failure_ticks {
+                let state = if silent > self.silence_timeout(m.id) {
                     MemberState::Failed
                 } else if silent > 2 * self.cfg.heartbeat_ticks {
                     MemberState::Suspect
@@ -235,16 +285,42 @@ impl Replica {
         table
     }
 
-    /// Members the master has not heard from for longer than the failure timeout.
+    /// Members the master has not heard from for longer than their failure timeout.
     pub(super) fn failed_members(&self) -> Vec<NodeId> {
         self.members
             .iter()
             .copied()
             .filter(|&m| m != self.id())
-            .filter(|m| {
-                let heard = self.last_heard.get(m).copied().unwrap_or(self.view_started);
-                self.now.saturating_sub(heard) > self.cfg.failure_ticks
+            .filter(|&m| {
+                let heard = self.last_heard.get(&m).copied().unwrap_or(self.view_started);
+                self.now.saturating_sub(heard) > self.silence_timeout(m)
             })
             .collect()
+    }
+
+    /// A member to remove for holding commits back, if removing it leaves the view a
+    /// majority of the cluster (so that the next view changes still find their quorums, and
+    /// slowness alone never shrinks a 3-node cluster below 2 or a 5-node one below 3).
+    /// Only when nothing else is wrong: a member is slow only next to healthy ones.
+    pub(super) fn slow_member(&self) -> Option<NodeId> {
+        if self.cfg.ack_lag_ticks == 0 || !self.joiners.is_empty() {
+            return None;
+        }
+        let cluster = self.cfg.initial_view.members.len().max(self.members.len());
+        if self.members.len() <= cluster / 2 + 1 || self.members.len() < 3 {
+            return None;
+        }
+        let me = self.id();
+        self.ack_lag
+            .slow(self.now, self.cfg.ack_lag_for_ticks)
+            .into_iter()
+            .find(|&m| m != me && self.members.contains(&m))
+    }
+
+    /// Master: notes for the ack-lag judge that every member but `missing` acked `id`.
+    pub(super) fn acks_wait_on(&mut self, id: strstore_protocol::Timestamp, missing: NodeId) {
+        if self.is_master() && self.cfg.ack_lag_ticks > 0 {
+            self.ack_lag.waiting_on(id, missing, self.now);
+        }
     }
 }

@@ -18,6 +18,7 @@ use strstore_protocol::{
     Response, Snapshot, Timestamp, View, ViewProposal, Write, WriteOp,
 };
 
+use super::detector::{AckLag, Gaps, HoldDown};
 use super::state::{Limits, StringState};
 use super::view_change::Proposer;
 use super::Received;
@@ -56,9 +57,24 @@ pub struct Config {
     pub max_resend_ticks: Ticks,
     /// Ticks between two heartbeats of a member to the master.
     pub heartbeat_ticks: Ticks,
-    /// Ticks of silence after which the master declares a member failed, and after which
-    /// (plus a random part of the same size) members elect a new master.
+    /// Most ticks of silence after which the master declares a member failed, and members
+    /// elect a new master (plus a random part of up to half `min_failure_ticks`). The
+    /// timeout adapts to the gaps seen between heartbeats (`detector::Gaps`), between
+    /// `min_failure_ticks` and this. Also the time a view change may take before a retry.
     pub failure_ticks: Ticks,
+    /// Fewest ticks of silence after which a peer counts as failed: where heartbeats come
+    /// steadily, a crash is detected this fast.
+    pub min_failure_ticks: Ticks,
+    /// An action's last ack coming more than this many ticks after every other member's
+    /// makes that member lag (0: never remove a member for lagging).
+    pub ack_lag_ticks: Ticks,
+    /// A member that lags without a break for this many ticks is removed by a view change,
+    /// as long as the view keeps a majority of the cluster's members.
+    pub ack_lag_for_ticks: Ticks,
+    /// Ticks a removed node must be heard steadily before it is added again, after its first
+    /// removal; each removal in a row multiplies it by 4, up to `max_hold_down_ticks`.
+    pub hold_down_ticks: Ticks,
+    pub max_hold_down_ticks: Ticks,
     /// Applied actions between two snapshots (which compact the log), at least; a large string
     /// waits longer (see `maybe_snapshot`). 0 disables them.
     pub snapshot_every: u64,
@@ -94,8 +110,13 @@ impl Config {
             max_action_writes: 4096,
             resend_ticks: 3,
             max_resend_ticks: 40,
-            heartbeat_ticks: 50,
+            heartbeat_ticks: 10,
             failure_ticks: 200,
+            min_failure_ticks: 50,
+            ack_lag_ticks: 5,
+            ack_lag_for_ticks: 100,
+            hold_down_ticks: 100,
+            max_hold_down_ticks: 3000,
             snapshot_every: 10_000,
             tick_ms: 10,
             seed: id,
@@ -304,8 +325,16 @@ pub struct Replica {
     pub(super) master_heard: Ticks,
     pub(super) master_table: Vec<MemberStatus>,
     pub(super) next_heartbeat: Ticks,
-    /// Silence from the master after which this member starts an election.
-    pub(super) election_after: Ticks,
+    /// Random extra silence from the master, beyond its failure timeout, before this member
+    /// starts an election (so that members rarely run against each other).
+    pub(super) election_jitter: Ticks,
+    /// Gaps between the messages of each peer whose silence this node judges: at the
+    /// master every member's heartbeats, at a member the master's answers.
+    pub(super) gaps: BTreeMap<NodeId, Gaps>,
+    /// Master: members whose acks hold commits back.
+    pub(super) ack_lag: AckLag,
+    /// Nodes removed from the view, and when they may come back.
+    pub(super) hold_down: HoldDown,
     // View change.
     /// Highest ballot promised for the change to `view.epoch + 1`.
     pub(super) promised: Ballot,
@@ -373,7 +402,10 @@ impl Replica {
             master_heard: 0,
             master_table: Vec::new(),
             next_heartbeat: 0,
-            election_after: 0,
+            election_jitter: 0,
+            gaps: BTreeMap::new(),
+            ack_lag: AckLag::default(),
+            hold_down: HoldDown::default(),
             promised: Ballot::default(),
             accepted: None,
             proposer: None,
@@ -601,7 +633,7 @@ impl Replica {
         let reason = if !self.is_member() {
             format!("node {} is not a member of view {}", self.id(), self.view.epoch)
         } else if !self.is_master()
-            && self.now.saturating_sub(self.master_heard) > self.cfg.failure_ticks
+            && self.now.saturating_sub(self.master_heard) > self.silence_timeout(self.view.master)
         {
             format!("node {} has lost contact with master {}", self.id(), self.view.master)
         } else {
@@ -738,6 +770,9 @@ impl Replica {
     /// Advances logical time: re-sends, heartbeats, failure detection, elections.
     pub fn tick(&mut self) {
         self.now += 1;
+        if self.is_master() {
+            self.ack_lag.tick(self.now, self.cfg.ack_lag_ticks, self.applied_ts);
+        }
         self.tick_replication();
         self.tick_membership();
         self.tick_view_change();

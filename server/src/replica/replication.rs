@@ -167,7 +167,12 @@ impl Replica {
         if let Some(f) = self.in_flight.get_mut(&id) {
             f.acks.entry(from).or_insert(hw);
             if f.acks.len() == self.members.len() {
+                self.ack_lag.done(id);
                 self.commit(id);
+            } else if f.acks.len() + 1 == self.members.len() {
+                let acks = &f.acks;
+                let missing = self.members.iter().copied().find(|m| !acks.contains_key(m));
+                self.acks_wait_on(id, missing.expect("one member has not acked"));
             }
             return;
         }
@@ -220,13 +225,21 @@ impl Replica {
             return;
         }
         held.acks.entry(from).or_insert(hw);
-        let acked =
-            self.members.iter().filter(|m| **m != id.node).all(|m| held.acks.contains_key(m));
-        if !acked {
-            return;
+        let missing: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != id.node && !held.acks.contains_key(m))
+            .collect();
+        match missing[..] {
+            [] => {
+                let deps = action_deps(std::mem::take(&mut held.acks), action);
+                self.ack_lag.done(id);
+                self.on_execute(id, deps);
+            }
+            [last] => self.acks_wait_on(id, last),
+            _ => {}
         }
-        let deps = action_deps(std::mem::take(&mut held.acks), action);
-        self.on_execute(id, deps);
     }
 
     pub(super) fn on_execute(&mut self, id: Timestamp, deps: Deps) {

@@ -18,7 +18,7 @@ use strstore_protocol::{
     Action, Ballot, Epoch, Error, Member, NodeId, PeerMsg, PendingLog, Snapshot, Timestamp, View,
     ViewProposal, Write,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::node::{HeldBody, LogRecord, Replica, Ticks};
 use super::state::StringState;
@@ -75,32 +75,59 @@ impl Replica {
                 epoch = self.view.epoch + 1,
                 "view change stalled; taking it over"
             );
-            let remove = if self.is_master() {
-                self.failed_members().into_iter().collect()
+            let (remove, add) = if self.is_master() {
+                (self.failed_members().into_iter().collect(), self.joiners.clone())
             } else {
-                BTreeSet::new()
+                self.repaired_members()
             };
-            let add = if self.is_master() { self.joiners.clone() } else { BTreeMap::new() };
             self.frozen_since = self.now;
             let f = self.cfg.failure_ticks.max(1);
             self.stall_after = f + self.rng.gen_range(0..f);
             self.start_proposal(remove, add);
         } else if self.is_master() {
+            // With the removals held back (see `keeping_two_members`) the proposal still goes
+            // out: a master restarted into a view the others left learns so from the answers.
             let failed = self.failed_members();
             if !failed.is_empty() || !self.joiners.is_empty() {
                 let add = self.joiners.clone();
                 self.start_proposal(failed.into_iter().collect(), add);
+            } else if let Some(slow) = self.slow_member() {
+                let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
+                warn!(
+                    node = self.id(),
+                    member = slow,
+                    "n{slow}'s acks have come more than {} ms after the others' for {} ms, \
+                     holding every write back; removing it until it keeps up",
+                    ms(self.cfg.ack_lag_ticks),
+                    ms(self.cfg.ack_lag_for_ticks),
+                );
+                self.start_proposal([slow].into_iter().collect(), BTreeMap::new());
             }
-        } else if self.now.saturating_sub(self.master_heard) > self.election_after {
+        } else if self.now.saturating_sub(self.master_heard)
+            > self.silence_timeout(self.view.master) + self.election_jitter
+        {
             info!(
                 node = self.id(),
                 master = self.view.master,
                 "master silent; starting an election"
             );
-            let remove = [self.view.master].into_iter().collect();
-            self.start_proposal(remove, BTreeMap::new());
+            let (mut remove, add) = self.repaired_members();
+            remove.insert(self.view.master);
+            self.start_proposal(remove, add);
             self.reset_election_timer();
         }
+    }
+
+    /// Members that said they lost their state (a fresh incarnation asking to join), to be
+    /// removed and added again from a snapshot by a proposal this non-master makes.
+    fn repaired_members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, Member>) {
+        let add: BTreeMap<NodeId, Member> = self
+            .joiners
+            .iter()
+            .filter(|(id, _)| self.view.contains(**id))
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        (add.keys().copied().collect(), add)
     }
 
     /// Phase messages get lost like any other: ask again those that have not answered.
@@ -133,12 +160,15 @@ impl Replica {
         }
     }
 
+    /// A random pause before the next own proposal, so that two proposers that refused each
+    /// other rarely collide again; as short as the fastest failure detection allows.
     fn back_off_proposing(&mut self) {
-        let spread = (self.cfg.failure_ticks / 2).max(2);
+        let spread = (self.cfg.min_failure_ticks / 2).max(2);
         self.propose_after = self.now + self.rng.gen_range(1..spread);
     }
 
     fn start_proposal(&mut self, remove: BTreeSet<NodeId>, add: BTreeMap<NodeId, Member>) {
+        let remove = self.keeping_two_members(remove, &add);
         self.ballot_round = self.ballot_round.max(self.promised.round) + 1;
         let ballot = Ballot { round: self.ballot_round, node: self.id() };
         info!(
@@ -168,6 +198,27 @@ impl Replica {
         self.send_to_view(PeerMsg::Prepare { ballot, deposes_master });
     }
 
+    /// `remove`, or nothing if it would shrink the view of a cluster of several nodes to
+    /// one member. Removing a member from a view of two takes that member's own promise, so
+    /// it is alive and only seemed failed (a one-way partition, a pause): a view of the
+    /// proposer alone would keep a single copy of the data and make the others rejoin. The
+    /// proposal still goes out without the removals: it resolves a stalled epoch, and its
+    /// answers tell a node left behind which view is current.
+    fn keeping_two_members(
+        &self,
+        remove: BTreeSet<NodeId>,
+        add: &BTreeMap<NodeId, Member>,
+    ) -> BTreeSet<NodeId> {
+        let remaining = self.members.iter().filter(|m| !remove.contains(m)).count()
+            + add.keys().filter(|a| !self.members.contains(a)).count();
+        let cluster = self.cfg.initial_view.members.len().max(self.members.len());
+        if remaining >= cluster.min(2) {
+            return remove;
+        }
+        tracing::debug!(node = self.id(), ?remove, "not removing down to a view of one member");
+        BTreeSet::new()
+    }
+
     /// Sends to every member of the current view; to ourselves through the log, so that our
     /// own promise or acceptance is durable before we count it.
     fn send_to_view(&mut self, msg: PeerMsg) {
@@ -191,13 +242,16 @@ impl Replica {
                     .filter(|&&m| {
                         m == self.id()
                             || self.last_heard.get(&m).is_some_and(|&t| {
-                                self.now.saturating_sub(t) <= self.cfg.failure_ticks
+                                self.now.saturating_sub(t) <= self.silence_timeout(m)
                             })
                     })
                     .count();
             heard >= self.majority()
         } else {
-            self.now.saturating_sub(self.master_heard) <= self.cfg.failure_ticks
+            // Heard within half its timeout: a master that answers heartbeats (one every
+            // `heartbeat_ticks`), not one that has just gone quiet.
+            let master = self.view.master;
+            self.now.saturating_sub(self.master_heard) <= self.silence_timeout(master) / 2
         }
     }
 
@@ -242,10 +296,15 @@ impl Replica {
             return;
         }
         let sticky = deposes_master && from != self.id() && self.master_is_healthy();
-        if ballot <= self.promised || sticky {
+        // The same ballot again is a re-sent or duplicated Prepare: answer it as before. A
+        // refusal would make the proposer give up, and a slow member gets every Prepare twice
+        // (the proposer re-sends before the first answer is back).
+        if ballot != self.promised && (ballot < self.promised || sticky) {
             return self.refuse(from, ballot);
         }
-        self.promise(ballot);
+        if ballot != self.promised {
+            self.promise(ballot);
+        }
         let pending = self.pending_log();
         let msg = PeerMsg::Promise { ballot, accepted: self.accepted.clone(), pending };
         let env = self.envelope(from, msg);
@@ -348,8 +407,8 @@ impl Replica {
 
     pub(super) fn on_nack(&mut self, epoch: Epoch, ballot: Ballot, promised: Ballot) {
         let Some(p) = &self.proposer else { return };
-        if p.epoch != epoch || p.ballot != ballot {
-            return;
+        if p.epoch != epoch || p.ballot != ballot || promised == ballot {
+            return; // a late refusal from before that node promised this very ballot
         }
         info!(node = self.id(), ?ballot, ?promised, "view change refused; backing off");
         self.ballot_round = self.ballot_round.max(promised.round);
@@ -507,9 +566,20 @@ impl Replica {
             applied = self.applied_actions,
             "entered view"
         );
+        let hold = self.hold_down_config();
         for m in self.view.members.iter().filter(|m| !view.contains(m.id)) {
             self.departed.insert(m.id, (m.clone(), self.now));
+            self.hold_down.removed(m.id, self.now, hold);
+            info!(
+                node = self.id(),
+                removed = m.id,
+                "n{} left the view; it is added again once heard steadily for {} ms",
+                m.id,
+                self.hold_down.hold_of(m.id, hold) * self.cfg.tick_ms
+            );
         }
+        self.ack_lag.clear();
+        self.gaps.values_mut().for_each(|g| g.restart());
         self.departed.retain(|id, _| !view.contains(*id));
         self.members = view.ids();
         self.view = view;

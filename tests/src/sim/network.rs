@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use strstore_protocol::Envelope;
+use strstore_protocol::{Envelope, PeerMsg};
 
 use super::SimConfig;
 
@@ -29,8 +29,21 @@ impl Network {
             Some(cfg) => (1, cfg.max_delay),
             None => (1, 3),
         };
+        // A slow member, as with a slow disk: its replication messages (its acks above all)
+        // arrive late, never lost, while its heartbeats keep coming on time.
+        let replication = matches!(
+            env.msg,
+            PeerMsg::Action(_)
+                | PeerMsg::Ack { .. }
+                | PeerMsg::Fence { .. }
+                | PeerMsg::Execute { .. }
+        );
+        let slow = faults
+            .and_then(|cfg| cfg.slow)
+            .filter(|s| s.node == env.from && replication)
+            .map_or(0, |s| s.delay_steps);
         for _ in 0..copies {
-            let at = now + rng.gen_range(1..=max_delay);
+            let at = now + rng.gen_range(1..=max_delay) + slow;
             self.in_flight.insert((at, self.next), env.clone());
             self.next += 1;
         }

@@ -55,9 +55,9 @@ impl SimNode {
         }
     }
 
-    /// Repaired and not yet back in a view.
+    /// Repaired and not yet durably back in a view: a crash now leaves it fresh again.
     pub fn rejoining(&self) -> bool {
-        self.fresh && !self.replica.as_ref().is_some_and(|r| r.is_member() && r.view().epoch > 0)
+        self.fresh
     }
 
     pub fn is_up(&self) -> bool {
@@ -93,6 +93,9 @@ impl SimNode {
             self.log.sync().map_err(|e| e.to_string())?;
             let me = self.cfg.id();
             let r = self.replica.as_mut().expect("up");
+            // The view it entered logged a snapshot before this sync: the rejoin is durable
+            // (a real node removes its REJOIN marker then).
+            self.fresh &= !(r.is_member() && r.view().epoch > 0);
             for env in std::mem::take(&mut self.unsynced) {
                 if env.to == me {
                     r.step(env);
