@@ -35,13 +35,14 @@ use super::reads::{self, Lineage};
 /// The string the history is checked against: the reference replica's final string.
 pub(crate) type FinalString<'a> = (Source, &'a [u8]);
 
-/// Runs every direct check.
-pub(crate) fn check(
-    ops: &[NormOp<'_>],
+/// Runs every direct check, and returns the lineages it explained, which the lineage search
+/// builds on.
+pub(crate) fn check<'a>(
+    ops: &[NormOp<'a>],
     index: &WriteIndex,
-    final_string: Option<FinalString<'_>>,
+    final_string: Option<FinalString<'a>>,
     sink: &mut Sink<'_>,
-) {
+) -> Vec<Lineage<'a>> {
     check_set_lengths(ops, sink);
     let lineages = build_lineages(ops, index, final_string, sink);
     check_no_write_in_two_lineages(ops, &lineages, sink);
@@ -54,6 +55,7 @@ pub(crate) fn check(
     if let Some(last) = lineages.iter().find(|lineage| lineage.is_final) {
         check_lost_writes(ops, &lineages, last, sink);
     }
+    lineages
 }
 
 /// A `set` returns the length of its own value.

@@ -11,21 +11,26 @@
 //! * `replicas`: the final-state comparison (total order).
 //! * `direct`, `layout`, `reads`: linear-time checks for token histories; necessary
 //!   conditions, each reported anomaly is a real violation.
+//! * `blocks`, `lineage_search`: the complete, budgeted decision for token histories of any
+//!   length, built on the lineages the direct checks explained.
 //! * `linearizable`, `jit`, `model`, `fingerprint`: the complete, budgeted linearizability
-//!   search for small histories.
+//!   search for small histories of any values.
 //! * `anomaly`: what can be reported.
 //!
 //! [`check`] runs the replica comparison always, the direct checks when every write is made
-//! of unique tokens, and the search when the history is small enough
-//! ([`CheckConfig::search_max_ops`]).
+//! of unique tokens, the lineage search when the direct checks found nothing, and the
+//! general search when the history is small enough ([`CheckConfig::search_max_ops`]) and
+//! the lineage search did not already refute it.
 
 mod anomaly;
+mod blocks;
 mod direct;
 mod fingerprint;
 mod history;
 mod jit;
 mod jsonl;
 mod layout;
+mod lineage_search;
 mod linearizable;
 mod model;
 mod ops;
@@ -47,9 +52,12 @@ pub use history::{
 pub use jsonl::JsonlError;
 pub use token::{parse_token, token, tokenize, tokens, Malformed, Span, TokenId, Tokens};
 
+use blocks::{BuildError, Problem};
 use layout::WriteIndex;
+use lineage_search::LineageResult;
 use linearizable::SearchResult;
-use ops::Sink;
+use ops::{NormOp, Sink};
+use reads::Lineage;
 
 /// Default for [`CheckConfig::search_max_ops`]: the search is memoized and usually near
 /// linear, but its worst case is exponential in the concurrency, so very long histories are
@@ -59,6 +67,11 @@ pub const DEFAULT_SEARCH_MAX_OPS: usize = 2000;
 /// Default for [`CheckConfig::search_max_steps`]: about a second of search at worst, and
 /// about 30 MB of memo, so that a pathological history cannot hang a simulation run.
 pub const DEFAULT_SEARCH_MAX_STEPS: u64 = 2_000_000;
+
+/// Default for [`CheckConfig::lineage_max_steps`]: a good history takes about one step per
+/// lineage and per write no string shows, a few thousand for a ten-minute chaos run, so this
+/// leaves room for a lot of backtracking while bounding the memo to a few hundred MB.
+pub const DEFAULT_LINEAGE_MAX_STEPS: u64 = 5_000_000;
 
 /// Default for [`CheckConfig::max_anomalies_per_kind`]: enough to see a pattern, few enough
 /// to read.
@@ -70,6 +83,12 @@ pub const DEFAULT_MAX_ANOMALIES_PER_KIND: usize = 20;
 pub struct CheckConfig {
     /// Run the direct checks when they apply. Off only to test the search on its own.
     pub direct: bool,
+    /// Run the lineage search when the direct checks ran and found nothing. Off only to test
+    /// the other layers on their own.
+    pub lineage_search: bool,
+    /// Give up the lineage search after this many steps and report
+    /// [`Anomaly::SearchBudgetExceeded`].
+    pub lineage_max_steps: u64,
     /// Run the search when the history has at most this many ops that can take effect or
     /// constrain the result (0 turns it off).
     pub search_max_ops: usize,
@@ -87,6 +106,8 @@ impl Default for CheckConfig {
     fn default() -> Self {
         Self {
             direct: true,
+            lineage_search: true,
+            lineage_max_steps: DEFAULT_LINEAGE_MAX_STEPS,
             search_max_ops: DEFAULT_SEARCH_MAX_OPS,
             search_max_steps: DEFAULT_SEARCH_MAX_STEPS,
             require_converged_replicas: true,
@@ -124,11 +145,16 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// Failures not listed because of [`CheckConfig::max_anomalies_per_kind`].
     pub dropped: usize,
-    /// True when something could not be decided: the search gave up, or no layer applied.
+    /// True when nothing was decided: no failure was found, and neither the lineage search nor
+    /// the general search ran to completion.
     pub inconclusive: bool,
     /// What the direct checks did.
     pub direct: Layer,
-    /// What the search did.
+    /// What the lineage search did.
+    pub lineage_search: Layer,
+    /// Steps the lineage search took (0 if it did not run).
+    pub lineage_steps: u64,
+    /// What the general search did.
     pub search: Layer,
     /// Steps the search took (0 if it did not run).
     pub search_steps: u64,
@@ -161,10 +187,14 @@ impl fmt::Display for Report {
             (1, _) => "1 anomaly".to_string(),
             (n, _) => format!("{n} anomalies"),
         };
-        write!(f, "{verdict} (direct checks: {}; search: {}", self.direct, self.search)?;
-        if self.search == Layer::Ran || self.search == Layer::GaveUp {
-            write!(f, ", {} steps", self.search_steps)?;
-        }
+        write!(
+            f,
+            "{verdict} (direct checks: {}; lineage search: {}",
+            self.direct, self.lineage_search
+        )?;
+        fmt_steps(f, &self.lineage_search, self.lineage_steps)?;
+        write!(f, "; search: {}", self.search)?;
+        fmt_steps(f, &self.search, self.search_steps)?;
         f.write_str(")")?;
         for (i, anomaly) in self.anomalies.iter().enumerate() {
             write!(f, "\n  {}. {anomaly}", i + 1)?;
@@ -173,6 +203,13 @@ impl fmt::Display for Report {
             write!(f, "\n  ... and {} more", self.dropped)?;
         }
         Ok(())
+    }
+}
+
+fn fmt_steps(f: &mut fmt::Formatter<'_>, layer: &Layer, steps: u64) -> fmt::Result {
+    match layer {
+        Layer::Ran | Layer::GaveUp => write!(f, ", {steps} steps"),
+        Layer::Skipped(_) => Ok(()),
     }
 }
 
@@ -189,52 +226,142 @@ pub fn check_with(history: &History, replicas: &[ReplicaState], config: &CheckCo
     let ops = ops::normalize(history, &mut sink);
 
     let index = WriteIndex::build(&ops);
-    let direct = match (config.direct, &index) {
-        (false, _) => Layer::Skipped("disabled".into()),
-        (true, Err(why)) => Layer::Skipped(why.clone()),
-        (true, Ok(index)) => {
-            direct::check(&ops, index, final_string, &mut sink);
-            Layer::Ran
-        }
+    let failures_before = sink.failures();
+    let (direct, lineages) = match (config.direct, &index) {
+        (false, _) => (Layer::Skipped("disabled".into()), Vec::new()),
+        (true, Err(why)) => (Layer::Skipped(why.clone()), Vec::new()),
+        (true, Ok(index)) => (Layer::Ran, direct::check(&ops, index, final_string, &mut sink)),
+    };
+    let lineage = if !config.lineage_search {
+        LayerRun::skipped("disabled")
+    } else if direct != Layer::Ran {
+        LayerRun::skipped("it needs the direct checks")
+    } else if sink.failures() > failures_before {
+        LayerRun::skipped("the direct checks found violations")
+    } else {
+        run_lineage_search(&ops, &lineages, final_string.is_some(), config, &mut sink)
     };
 
-    let final_bytes = final_string.map(|(_, bytes)| bytes);
-    let (search, search_steps) =
-        run_search(&ops, index.as_ref().ok(), final_bytes, config, &mut sink);
+    let search = if lineage.refuted {
+        LayerRun::skipped("the lineage search found a violation")
+    } else {
+        let final_bytes = final_string.map(|(_, bytes)| bytes);
+        run_search(&ops, index.as_ref().ok(), final_bytes, config, &mut sink)
+    };
+    finish(sink, direct, lineage, search)
+}
 
-    let inconclusive = search == Layer::GaveUp || (direct != Layer::Ran && search != Layer::Ran);
-    if direct != Layer::Ran && matches!(search, Layer::Skipped(_)) {
-        let reason = format!("direct checks: {direct}; search: {search}");
-        sink.push(Anomaly::NotChecked { reason });
+/// What a complete layer did, and the warning to give if no layer concluded.
+struct LayerRun {
+    layer: Layer,
+    steps: u64,
+    /// True when it proved that no linearization exists.
+    refuted: bool,
+    /// [`Anomaly::SearchBudgetExceeded`] when it gave up.
+    warning: Option<Anomaly>,
+}
+
+impl LayerRun {
+    fn skipped(why: impl Into<String>) -> Self {
+        LayerRun { layer: Layer::Skipped(why.into()), steps: 0, refuted: false, warning: None }
+    }
+
+    fn ran(steps: u64, refuted: bool) -> Self {
+        LayerRun { layer: Layer::Ran, steps, refuted, warning: None }
+    }
+
+    fn gave_up(steps: u64, ops: usize, deepest: usize) -> Self {
+        let warning = Some(Anomaly::SearchBudgetExceeded { steps, ops, deepest });
+        LayerRun { layer: Layer::GaveUp, steps, refuted: false, warning }
+    }
+}
+
+/// Says whether the history was decided, warns if not, and assembles the report.
+fn finish(mut sink: Sink<'_>, direct: Layer, lineage: LayerRun, search: LayerRun) -> Report {
+    let decided = lineage.layer == Layer::Ran || search.layer == Layer::Ran;
+    let inconclusive = !decided && sink.failures() == 0;
+    if inconclusive {
+        let warnings: Vec<Anomaly> =
+            [lineage.warning, search.warning].into_iter().flatten().collect();
+        if warnings.is_empty() {
+            let (lineages, search) = (&lineage.layer, &search.layer);
+            let reason =
+                format!("direct checks: {direct}; lineage search: {lineages}; search: {search}");
+            sink.push(Anomaly::NotChecked { reason });
+        }
+        warnings.into_iter().for_each(|warning| sink.push(warning));
     }
     let (mut anomalies, dropped) = sink.finish();
     anomalies.sort_by_key(Anomaly::is_warning);
-    Report { anomalies, dropped, inconclusive, direct, search, search_steps }
+    Report {
+        anomalies,
+        dropped,
+        inconclusive,
+        direct,
+        lineage_search: lineage.layer,
+        lineage_steps: lineage.steps,
+        search: search.layer,
+        search_steps: search.steps,
+    }
 }
 
-/// Runs the search if the history is small enough, reporting into `sink`.
+/// Runs the lineage search on the lineages the direct checks explained.
+fn run_lineage_search(
+    ops: &[NormOp<'_>],
+    lineages: &[Lineage<'_>],
+    has_final: bool,
+    config: &CheckConfig,
+    sink: &mut Sink<'_>,
+) -> LayerRun {
+    let total = linearizable::searched_ops(ops);
+    let problem = match Problem::build(ops, lineages, has_final) {
+        Ok(problem) => problem,
+        Err(BuildError::Impossible(op)) => {
+            let stuck = Stuck::Op(sink.op(op));
+            let tail = Vec::new();
+            sink.push(Anomaly::NotLinearizable { linearized: 0, total, stuck, tail, state_len: 0 });
+            return LayerRun::ran(0, true);
+        }
+        Err(why) => return LayerRun::skipped(why.to_string()),
+    };
+    match lineage_search::search(&problem, config.lineage_max_steps) {
+        LineageResult::Linearizable { steps } => LayerRun::ran(steps, false),
+        LineageResult::NotLinearizable { steps, deepest } => {
+            let stuck = deepest.stuck.map_or(Stuck::FinalState, |op| Stuck::Op(sink.op(op)));
+            let tail = deepest.tail.iter().map(|&op| sink.op(op)).collect();
+            let (linearized, state_len) = (deepest.placed, deepest.len as usize);
+            sink.push(Anomaly::NotLinearizable { linearized, total, stuck, tail, state_len });
+            LayerRun::ran(steps, true)
+        }
+        LineageResult::BudgetExceeded { steps, deepest } => {
+            LayerRun::gave_up(steps, problem.total_ops(), deepest)
+        }
+    }
+}
+
+/// Runs the general search if the history is small enough, reporting into `sink`.
 fn run_search(
-    ops: &[ops::NormOp<'_>],
+    ops: &[NormOp<'_>],
     index: Option<&WriteIndex>,
     final_string: Option<&[u8]>,
     config: &CheckConfig,
     sink: &mut Sink<'_>,
-) -> (Layer, u64) {
+) -> LayerRun {
     let searched = linearizable::searched_ops(ops);
     if config.search_max_ops == 0 {
-        return (Layer::Skipped("disabled".into()), 0);
+        return LayerRun::skipped("disabled");
     }
     if searched > config.search_max_ops {
-        return (Layer::Skipped(format!("{searched} ops, more than {}", config.search_max_ops)), 0);
+        return LayerRun::skipped(format!("{searched} ops, more than {}", config.search_max_ops));
     }
     let seen = index.map(|index| layout::observations(ops, index, final_string));
     let result = linearizable::search(ops, final_string, seen.as_deref(), config.search_max_steps);
     report_search(result, searched, sink)
 }
 
-fn report_search(result: SearchResult, total: usize, sink: &mut Sink<'_>) -> (Layer, u64) {
+fn report_search(result: SearchResult, total: usize, sink: &mut Sink<'_>) -> LayerRun {
     match result {
-        SearchResult::Linearizable { steps } => (Layer::Ran, steps),
+        SearchResult::Linearizable { steps } => LayerRun::ran(steps, false),
         SearchResult::NotLinearizable { steps, deepest } => {
             const TAIL: usize = 8;
             let skip = deepest.linearized.len().saturating_sub(TAIL);
@@ -245,11 +372,8 @@ fn report_search(result: SearchResult, total: usize, sink: &mut Sink<'_>) -> (La
             };
             let (linearized, state_len) = (deepest.linearized.len(), deepest.state_len);
             sink.push(Anomaly::NotLinearizable { linearized, total, stuck, tail, state_len });
-            (Layer::Ran, steps)
+            LayerRun::ran(steps, true)
         }
-        SearchResult::BudgetExceeded { steps, deepest } => {
-            sink.push(Anomaly::SearchBudgetExceeded { steps, ops: total, deepest });
-            (Layer::GaveUp, steps)
-        }
+        SearchResult::BudgetExceeded { steps, deepest } => LayerRun::gave_up(steps, total, deepest),
     }
 }

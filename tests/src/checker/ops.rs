@@ -174,6 +174,11 @@ impl<'h> Sink<'h> {
         }
     }
 
+    /// How many failures (not warnings) were found so far, counting the dropped ones.
+    pub fn failures(&self) -> usize {
+        self.dropped + self.anomalies.iter().filter(|anomaly| !anomaly.is_warning()).count()
+    }
+
     fn invalid(&mut self, index: OpIndex, reason: &str) {
         let op = self.op(index);
         self.push(Anomaly::InvalidHistory { op, reason: reason.to_string() });
