@@ -39,6 +39,8 @@ mod replicas;
 mod token;
 
 #[cfg(test)]
+mod long_histories;
+#[cfg(test)]
 mod randomized;
 #[cfg(test)]
 mod tests;

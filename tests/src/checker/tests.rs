@@ -6,20 +6,20 @@ use super::*;
 /// A tiny DSL for writing histories by hand. Times are plain numbers; `t(c, n)` is client
 /// `c`'s `n`-th token.
 #[derive(Default)]
-struct Builder {
-    history: History,
+pub(super) struct Builder {
+    pub(super) history: History,
 }
 
-fn t(client: u64, n: u64) -> Vec<u8> {
+pub(super) fn t(client: u64, n: u64) -> Vec<u8> {
     token(client, n)
 }
 
-fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
 impl Builder {
-    fn op(
+    pub(super) fn op(
         &mut self,
         client: u64,
         op: OpKind,
@@ -30,7 +30,7 @@ impl Builder {
         self.history.push(Op { client, op, invoke, complete, outcome, node: Some(1) })
     }
 
-    fn append(
+    pub(super) fn append(
         &mut self,
         client: u64,
         value: Vec<u8>,
@@ -42,21 +42,33 @@ impl Builder {
         self.op(client, OpKind::Append(value), (invoke, Some(complete)), outcome)
     }
 
-    fn set(&mut self, client: u64, value: Vec<u8>, invoke: u64, complete: u64) -> OpIndex {
+    pub(super) fn set(
+        &mut self,
+        client: u64,
+        value: Vec<u8>,
+        invoke: u64,
+        complete: u64,
+    ) -> OpIndex {
         let outcome = Outcome::Ok(OkValue::Len(value.len() as u64));
         self.op(client, OpKind::Set(value), (invoke, Some(complete)), outcome)
     }
 
-    fn get(&mut self, client: u64, invoke: u64, complete: u64, value: Vec<u8>) -> OpIndex {
+    pub(super) fn get(
+        &mut self,
+        client: u64,
+        invoke: u64,
+        complete: u64,
+        value: Vec<u8>,
+    ) -> OpIndex {
         let outcome = Outcome::Ok(OkValue::Value(value));
         self.op(client, OpKind::Get, (invoke, Some(complete)), outcome)
     }
 
-    fn unknown_append(&mut self, client: u64, value: Vec<u8>, invoke: u64) -> OpIndex {
+    pub(super) fn unknown_append(&mut self, client: u64, value: Vec<u8>, invoke: u64) -> OpIndex {
         self.op(client, OpKind::Append(value), (invoke, None), Outcome::Unknown)
     }
 
-    fn failed_append(
+    pub(super) fn failed_append(
         &mut self,
         client: u64,
         value: Vec<u8>,
@@ -69,7 +81,7 @@ impl Builder {
 }
 
 /// Three replicas that all hold `string` after the same actions.
-fn replicas(string: &[u8]) -> Vec<ReplicaState> {
+pub(super) fn replicas(string: &[u8]) -> Vec<ReplicaState> {
     let applied = vec![(1, 1), (2, 1), (1, 2)];
     (1..=3)
         .map(|node| ReplicaState {
