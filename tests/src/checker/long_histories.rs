@@ -322,3 +322,30 @@ fn stress_unknown_heavy_chaos_like_histories() {
         assert!(report.is_ok() && !report.inconclusive, "{report}");
     }
 }
+
+/// Checks a recorded chaos run again and times it, e.g. `CHAOS_OUT=/tmp/chaos-600 cargo test
+/// --release -p strstore-tests --lib checker::long_histories::recheck -- --ignored
+/// --nocapture` (the directory holds `history.jsonl` and `replicas.jsonl`).
+#[test]
+#[ignore = "needs CHAOS_OUT, the output directory of a chaos run"]
+fn recheck_a_recorded_chaos_run() {
+    let Ok(dir) = std::env::var("CHAOS_OUT") else {
+        println!("set CHAOS_OUT to a chaos run's output directory");
+        return;
+    };
+    let open = |name: &str| {
+        let path = std::path::Path::new(&dir).join(name);
+        std::io::BufReader::new(std::fs::File::open(&path).expect("cannot open the file"))
+    };
+    let started = std::time::Instant::now();
+    let history = History::read_jsonl(open("history.jsonl")).expect("a history");
+    let replicas = ReplicaState::read_jsonl(open("replicas.jsonl")).expect("replicas");
+    let read = started.elapsed();
+    let started = std::time::Instant::now();
+    let report = check(&history, &replicas);
+    println!(
+        "{} ops read in {read:?}, checked in {:?}: {report}",
+        history.len(),
+        started.elapsed()
+    );
+}
