@@ -93,10 +93,11 @@ impl AckLag {
     }
 
     /// Re-judges every member at `now`: lagging while some action has waited on it for more
-    /// than `bound` ticks. A spell survives a break of up to twice the bound: each new action
-    /// takes that long to be overdue again, so a member slow on every action (a slow disk)
-    /// lags without a break. Actions at or before `applied` are over, however they ended.
-    pub(crate) fn tick(&mut self, now: Ticks, bound: Ticks, applied: Timestamp) {
+    /// than `bound` ticks. A spell survives a break of up to `bridge` ticks: each new action
+    /// takes at least the bound to be overdue again, and a lossy link delays some acks and
+    /// not others, so a member slow on most actions lags without a break. Actions at or
+    /// before `applied` are over, however they ended.
+    pub(crate) fn tick(&mut self, now: Ticks, bound: Ticks, bridge: Ticks, applied: Timestamp) {
         self.waiting = self.waiting.split_off(&Timestamp::new(applied.time, applied.node + 1));
         let mut behind: BTreeMap<NodeId, Ticks> = BTreeMap::new();
         for &(member, since) in self.waiting.values() {
@@ -105,9 +106,8 @@ impl AckLag {
                 behind.entry(member).and_modify(|t| *t = (*t).min(crossed)).or_insert(crossed);
             }
         }
-        self.lagging_since.retain(|m, (_, last)| {
-            behind.contains_key(m) || now.saturating_sub(*last) <= 2 * bound
-        });
+        self.lagging_since
+            .retain(|m, (_, last)| behind.contains_key(m) || now.saturating_sub(*last) <= bridge);
         for (member, crossed) in behind {
             self.lagging_since.entry(member).or_insert((crossed, now)).1 = now;
         }
@@ -228,18 +228,21 @@ mod tests {
         let mut lag = AckLag::default();
         let a = Timestamp::new(5, 1);
         lag.waiting_on(a, 3, 100);
-        lag.tick(110, 20, Timestamp::default());
+        lag.tick(110, 20, 40, Timestamp::default());
         assert!(lag.slow(110, 0).is_empty(), "10 ticks is within the bound");
-        lag.tick(130, 20, Timestamp::default());
+        lag.tick(130, 20, 40, Timestamp::default());
         assert_eq!(lag.slow(130, 10), vec![3], "lagging since tick 120");
         assert!(lag.slow(130, 11).is_empty());
         lag.done(a);
-        lag.tick(131, 20, Timestamp::default());
+        lag.tick(131, 20, 40, Timestamp::default());
         assert_eq!(lag.slow(131, 10), vec![3], "a short break does not end the spell");
-        lag.tick(171, 20, Timestamp::default());
-        assert!(lag.slow(500, 0).is_empty(), "caught up for twice the bound: the spell is over");
+        lag.tick(171, 20, 40, Timestamp::default());
+        assert!(
+            lag.slow(500, 0).is_empty(),
+            "caught up for longer than the bridge: the spell is over"
+        );
         lag.waiting_on(Timestamp::new(6, 2), 3, 200);
-        lag.tick(300, 20, Timestamp::new(6, 2));
+        lag.tick(300, 20, 40, Timestamp::new(6, 2));
         assert!(lag.slow(300, 0).is_empty(), "an applied action waits on nobody");
     }
 

@@ -771,7 +771,9 @@ impl Replica {
     pub fn tick(&mut self) {
         self.now += 1;
         if self.is_master() {
-            self.ack_lag.tick(self.now, self.cfg.ack_lag_ticks, self.applied_ts);
+            let bound = self.cfg.ack_lag_ticks;
+            let bridge = (2 * bound).max(self.cfg.ack_lag_for_ticks / 4);
+            self.ack_lag.tick(self.now, bound, bridge, self.applied_ts);
         }
         self.tick_replication();
         self.tick_membership();

@@ -215,8 +215,14 @@ fn run_on(
     if !served {
         let _ = writeln!(text, "workload: FAILED: no client op succeeded");
     }
-    let passed = served && report.is_ok() && settled.ok && after.ok && final_reads.ok;
-    let verdict = if passed { "PASS" } else { "FAIL" };
+    // A history no complete layer of the checker decided was not judged: not a pass.
+    let sound = served && report.is_ok() && settled.ok && after.ok && final_reads.ok;
+    let passed = sound && !report.inconclusive;
+    let verdict = match (passed, sound) {
+        (true, _) => "PASS",
+        (false, true) => "INCONCLUSIVE (the checker could not decide the history)",
+        (false, false) => "FAIL",
+    };
     let _ = writeln!(text, "\nverdict: {verdict}: see {}", out.display());
     fs::write(out.join("summary.txt"), &text)?;
     fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
