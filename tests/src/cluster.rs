@@ -244,9 +244,14 @@ impl TestNode {
 
     /// Sends SIGHUP (the node reloads its TLS material).
     pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends the running node `signal` (a name `kill -s` takes: HUP, STOP, CONT).
+    pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("running");
-        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
-        assert!(status.is_ok_and(|s| s.success()), "sending SIGHUP to n{}", self.id);
+        let status = Command::new("kill").args(["-s", signal, &child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "sending SIG{signal} to n{}", self.id);
     }
 }
 

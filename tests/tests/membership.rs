@@ -56,8 +56,8 @@ fn killed_member_is_removed_then_rejoins() {
     let took = append_via(addrs(&c, &[1, 2]), "<b>");
     println!("member failure: kill -9 to first acknowledged write: {took:.2?}");
     // The adaptive detector removes a crashed member after 0.5 s of silence in a calm
-    // cluster (the benchmark prints the real figure); the bound leaves room for a slow
-    // machine, and fails on the fixed 2 s timeout plus its slow election back-off.
+    // cluster (deploy/gray-bench.sh prints the real figure); the bound is generous for a slow
+    // machine: it catches failover that is several times slower, not the exact target.
     assert!(took < Duration::from_secs(5), "writes resumed only after {took:?}");
     let status = status_json(&c, 1);
     let n3 = status["members"].as_array().unwrap().iter().find(|m| m["member"]["id"] == 3).cloned();
@@ -152,13 +152,8 @@ fn in_view(c: &TestCluster, via: u64, id: u64) -> bool {
 /// write meanwhile, and come back by itself once it stops.
 #[test]
 fn a_flapping_member_is_removed_and_comes_back_once_it_stops() {
-    let mut c = TestCluster::start(3);
+    let c = TestCluster::start(3);
     c.cli_ok(1, &["append", "<a>"]);
-    let pid = c.node(3).pid().expect("n3 runs").to_string();
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill").args(["-s", sig, &pid]).status();
-        assert!(status.expect("kill runs").success(), "kill -s {sig} {pid}");
-    };
     let flapping = Instant::now();
     let mut removed_after = None;
     let mut late_writes = 0;
@@ -167,14 +162,14 @@ fn a_flapping_member_is_removed_and_comes_back_once_it_stops() {
     let rt = runtime();
     let mut client = Client::new(client).expect("client");
     for cycle in 0..8 {
-        signal("STOP");
+        c.nodes[2].signal("STOP");
         let resume_at = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < resume_at {
             rt.block_on(client.append(format!("<w{cycle}>"))).expect("write at n1, n2");
             late_writes += usize::from(cycle >= 5);
             std::thread::sleep(Duration::from_millis(50));
         }
-        signal("CONT");
+        c.nodes[2].signal("CONT");
         std::thread::sleep(Duration::from_millis(1500));
         let out = !in_view(&c, 1, 3);
         if out && removed_after.is_none() {

@@ -225,19 +225,16 @@ impl Replica {
             return;
         }
         held.acks.entry(from).or_insert(hw);
-        let missing: Vec<NodeId> = self
-            .members
-            .iter()
-            .copied()
-            .filter(|m| *m != id.node && !held.acks.contains_key(m))
-            .collect();
-        match missing[..] {
-            [] => {
+        // Counted without collecting: this runs for every ack of every action.
+        let mut missing =
+            self.members.iter().copied().filter(|m| *m != id.node && !held.acks.contains_key(m));
+        match (missing.next(), missing.next()) {
+            (None, _) => {
                 let deps = action_deps(std::mem::take(&mut held.acks), action);
                 self.ack_lag.done(id);
                 self.on_execute(id, deps);
             }
-            [last] => self.acks_wait_on(id, last),
+            (Some(last), None) => self.acks_wait_on(id, last),
             _ => {}
         }
     }
