@@ -210,18 +210,19 @@ impl Drop for SmallFs {
     }
 }
 
-/// Restarts node `id` empty on a 64 MiB tmpfs of which a 44 MiB filler file takes most;
+/// Restarts node `id` empty on a 160 MiB tmpfs of which a 140 MiB filler file takes most
+/// (once it is gone, the room must hold a log and two snapshots of a 30 MiB string);
 /// `None` (the test is skipped) where mounting needs a root this process does not have.
 fn restart_nearly_full(c: &mut TestCluster, id: u64) -> Option<(SmallFs, PathBuf)> {
     assert!(c.node(id).terminate().success());
     let data_dir = c.node(id).data_dir.clone();
     std::fs::remove_dir_all(&data_dir).unwrap();
-    let Some(fs) = SmallFs::mount(&data_dir, "64m") else {
+    let Some(fs) = SmallFs::mount(&data_dir, "160m") else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return None;
     };
     let filler = data_dir.join("filler");
-    std::fs::write(&filler, vec![1u8; 44 << 20]).unwrap();
+    std::fs::write(&filler, vec![1u8; 140 << 20]).unwrap();
     c.node(id).start();
     Some((fs, filler))
 }
@@ -246,7 +247,7 @@ fn a_full_disk_is_an_error_and_the_node_comes_back_when_there_is_room() {
                 Err(e) => return e.to_string(),
             }
         }
-        panic!("64 MiB never filled up");
+        panic!("the 20 MiB left never filled up");
     });
     assert!(refusal.contains("disk full on n1"), "{refusal}");
     let out = c.cli(1, &["--timeout", "5", "append", "more"]);
