@@ -11,6 +11,8 @@
 #   undisturbed        nothing done
 #   flapping member    n3 (not the master) paused with SIGSTOP for 1.5 s of every 3 s: never
 #                      silent long enough to look dead, but every write waits for it
+#   slow disk          every fdatasync of n3's log takes 50 ms longer (the wal-sync failpoint;
+#                      the binaries are built with --features strstore-server/failpoints)
 #   lossy link         nftables drops 30 % of the packets to and from n3's peer port (the
 #                      connections the others opened to n3; needs root)
 #   kill -9 member     n3 killed 3 s into the run; the slowest request is the stall
@@ -42,8 +44,10 @@ while (($#)); do
   shift 2
 done
 
-echo "gray-bench.sh: building release binaries..."
-(cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client --bins)
+echo "gray-bench.sh: building release binaries (with failpoints, for the slow disk)..."
+export STRSTORE_FEATURES=strstore-server/failpoints
+(cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client --bins \
+  --features "$STRSTORE_FEATURES")
 mkdir -p "$out"
 results=$out/gray.jsonl
 : >"$results"
@@ -64,6 +68,7 @@ stop_disturber() {
   local pid
   pid=$(cat "$cluster_dir/n3.pid" 2>/dev/null) && kill -CONT "$pid" 2>/dev/null || true
   nft delete table inet "$table" 2>/dev/null || true
+  rm -f "$cluster_dir/n3.failpoints"
 }
 cleanup() {
   stop_disturber
@@ -131,6 +136,11 @@ disturber=$!
 bench flapping
 stop_disturber
 
+phase "slow disk"
+echo "wal-sync=sleep(50)" >"$cluster_dir/n3.failpoints"
+bench slow-disk
+stop_disturber
+
 if [[ $(id -u) == 0 ]] && command -v nft >/dev/null; then
   phase "lossy link"
   lossy_link
@@ -157,6 +167,7 @@ calm = runs["undisturbed"]["ops_per_sec"]
 names = {
     "undisturbed": "undisturbed",
     "flapping": "one member flapping (SIGSTOP 1.5 s of 3 s)",
+    "slow-disk": "one member's disk slow (fdatasync +50 ms)",
     "lossy": "one member's peer link dropping 30 % of packets",
     "kill-member": "kill -9 of a member, 3 s into the run",
     "kill-master": "kill -9 of the master, 3 s into the run",

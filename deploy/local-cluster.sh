@@ -12,7 +12,8 @@
 # checkout (override with STRSTORE_CLUSTER_DIR).
 # Peers talk over mutual TLS with certificates made once by `strstore-server certs` in
 # .cluster/tls/. STRSTORE_CLIENT_TLS=true (and STRSTORE_CLIENT_AUTH=required) puts clients on
-# TLS too.
+# TLS too. STRSTORE_FEATURES=strstore-server/failpoints builds the nodes with fault injection
+# (server/src/failpoints.rs): node i then reads its failpoints from .cluster/n<i>.failpoints.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,7 +61,8 @@ running_pid() {
 start() {
   local n=${1:-3}
   echo "building release binaries (first build takes a few minutes)..."
-  (cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client --bins)
+  (cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client --bins \
+    ${STRSTORE_FEATURES:+--features "$STRSTORE_FEATURES"})
   mkdir -p "$dir"
   ensure_certs "$n"
   local peers="" addrs=""
@@ -74,7 +76,8 @@ start() {
       echo "n$i already running (pid $pid)"
       continue
     fi
-    MALLOC_MMAP_THRESHOLD_=$malloc_mmap_threshold nohup "$bin/strstore-server" --id "$i" \
+    STRSTORE_FAILPOINTS_FILE=$dir/n$i.failpoints \
+      MALLOC_MMAP_THRESHOLD_=$malloc_mmap_threshold nohup "$bin/strstore-server" --id "$i" \
       --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
       --peers "$peers" --data-dir "$dir/n$i" --tls-dir "$tls" >>"$dir/n$i.log" 2>&1 &
     echo $! > "$dir/n$i.pid"
@@ -148,5 +151,5 @@ case ${1:-} in
   status) status ;;
   renew) renew ;;
   wipe) stop; rm -rf "$dir"; echo "wiped $dir" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

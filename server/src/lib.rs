@@ -17,6 +17,8 @@ pub mod client_conn;
 pub mod config;
 pub mod detection;
 pub mod edge;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod health;
 pub mod log;
 pub mod log_writer;

@@ -58,6 +58,8 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = cli.node.validate().context("invalid configuration")?;
+    #[cfg(feature = "failpoints")]
+    strstore_server::failpoints::watch_from_env();
     let mut runtime = match cli.node.worker_threads {
         0 | 1 => tokio::runtime::Builder::new_current_thread(),
         n => {

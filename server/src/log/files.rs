@@ -78,6 +78,8 @@ impl SegmentFile for File {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        // A slow disk for the chaos test and the benchmarks (`failpoints` feature only).
+        fail::fail_point!("wal-sync");
         File::sync_data(self)
     }
 
