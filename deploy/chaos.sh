@@ -2,7 +2,8 @@
 # Jepsen-style chaos test: concurrent clients, a nemesis, and a history checker.
 #
 #   deploy/chaos.sh --backend docker|netns --duration SECONDS \
-#                   --nemesis mix|kill|pause|partition|loss|slow --seed N --out DIR [MORE...]
+#                   --nemesis mix|kill|pause|flap|partition|loss|lossy|slow|disk --seed N \
+#                   --out DIR [MORE...]
 #
 # Builds the release binaries (and, for --backend docker, the image), then runs
 # strstore-chaos, which starts a cluster, runs the workload under faults, heals, waits for the
@@ -31,8 +32,9 @@ if [[ ${CHAOS_SKIP_BUILD:-} == help ]]; then
   (cd "$top" && cargo build --release --quiet -p strstore-tests --bin strstore-chaos)
 elif [[ -z ${CHAOS_SKIP_BUILD:-} ]]; then
   echo "chaos.sh: building release binaries..."
+  # With failpoints, for the slow-disk fault (the netns backend's nodes read them).
   (cd "$top" && cargo build --release --quiet -p strstore-server -p strstore-client \
-    -p strstore-tests --bins)
+    -p strstore-tests --bins --features strstore-server/failpoints)
   if [[ $backend == docker ]]; then
     "$top/deploy/cluster.sh" build
   fi

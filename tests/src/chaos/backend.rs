@@ -126,6 +126,38 @@ impl Backend {
         run_with_stdin(command, stdin)
     }
 
+    /// [`Backend::in_netns`] without input, returning what the command printed (`None` when
+    /// it failed).
+    pub fn in_netns_output(&self, id: NodeId, program: &str, args: &[&str]) -> Option<String> {
+        let mut command = match self {
+            Backend::Netns(c) => c.netns_command(id),
+            Backend::Docker(c) => c.netns_command(id).ok()?,
+        };
+        command.arg(program).args(args);
+        run(command).ok()
+    }
+
+    /// Whether nodes read failpoints (the netns backend, whose nodes each watch a file).
+    pub fn has_failpoints(&self) -> bool {
+        matches!(self, Backend::Netns(_))
+    }
+
+    /// Replaces node `id`'s failpoint configuration (see `strstore_server::failpoints`).
+    pub fn set_failpoints(&self, id: NodeId, config: &str) -> anyhow::Result<()> {
+        match self {
+            Backend::Netns(c) => c.set_failpoints(id, config),
+            Backend::Docker(_) => anyhow::bail!("the docker backend's nodes have no failpoints"),
+        }
+    }
+
+    /// What node `id` has logged so far, where the backend can read it at once.
+    pub fn node_log(&self, id: NodeId) -> Option<String> {
+        match self {
+            Backend::Netns(c) => c.node_log(id),
+            Backend::Docker(_) => None,
+        }
+    }
+
     /// Best effort: resumes every node, restarts dead ones and removes every network fault,
     /// so that the settling phase starts from a whole cluster whatever the nemesis left.
     pub fn heal_all(&mut self) {
@@ -135,7 +167,7 @@ impl Backend {
             if let Err(e) = self.restart(id) {
                 eprintln!("chaos: restarting n{id} while healing: {e:#}");
             }
-            super::nemesis::clear_network_faults(self, id);
+            super::faults::clear_network_faults(self, id);
         }
     }
 

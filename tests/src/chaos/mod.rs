@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod docker;
+pub mod faults;
 pub mod nemesis;
 pub mod netns;
 pub mod settle;
@@ -147,7 +148,9 @@ fn run_on(
 
     let start = Instant::now();
     let duration = Duration::from_secs(args.duration);
-    let plan = NemesisPlan::new(args.nemesis, args.seed, &nodes, duration);
+    let plan =
+        NemesisPlan::new(args.nemesis, args.seed, &nodes, duration, backend.has_failpoints());
+    let kinds = plan.kind_names();
     // Set when the workload is over, or at Ctrl-C: the nemesis and the clients stop, and the
     // cluster is healed and removed as after any run.
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,10 +199,7 @@ fn run_on(
     let mut text = header(args, backend);
     let _ = writeln!(text, "\n{summary}");
     let _ = writeln!(text, "faults injected:");
-    for fault in &faults {
-        let (from, to) = (fault.start as f64 / 1e9, fault.end as f64 / 1e9);
-        let _ = writeln!(text, "  {from:7.1}s - {to:7.1}s  {:<9} {}", fault.kind, fault.label);
-    }
+    write_faults(&mut text, &faults, &kinds);
     let _ = writeln!(text, "\nsettling: {}", settled.describe());
     if !after.ok {
         let _ = writeln!(text, "settling after the final reads: {}", after.describe());
@@ -227,6 +227,29 @@ fn run_on(
     fs::write(out.join("summary.txt"), &text)?;
     fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     Ok(Outcome { passed, summary: text })
+}
+
+/// The faults injected, each with what showed it acted, and any kind this run named but
+/// never dealt (a run too short for all of them).
+fn write_faults(text: &mut String, faults: &[FaultWindow], kinds: &[&str]) {
+    for fault in faults {
+        let (from, to) = (fault.start as f64 / 1e9, fault.end as f64 / 1e9);
+        let _ = writeln!(text, "  {from:7.1}s - {to:7.1}s  {:<9} {}", fault.kind, fault.label);
+        let effect = if fault.effect.is_empty() { "NO EFFECT SEEN" } else { &fault.effect };
+        let _ = writeln!(text, "  {:21}{effect}", "");
+    }
+    let silent = faults.iter().filter(|f| f.effect.is_empty()).count();
+    let missed: Vec<&str> =
+        kinds.iter().copied().filter(|k| !faults.iter().any(|f| f.kind == *k)).collect();
+    let _ = writeln!(
+        text,
+        "every fault kind injected: {}; faults without a visible effect: {silent}",
+        if missed.is_empty() {
+            "yes".to_string()
+        } else {
+            format!("no, missing {}", missed.join(", "))
+        }
+    );
 }
 
 fn header(args: &Args, backend: &Backend) -> String {

@@ -1,12 +1,11 @@
-//! The nemesis: one fault at a time, drawn from the seed, applied, held, healed, then a calm
-//! gap so that the report can compare the cluster with and without faults.
+//! The nemesis: one fault at a time, drawn from the seed, applied, held, shown to have taken
+//! effect, healed, then a calm gap so that the report can compare the cluster with and
+//! without faults. Kinds are dealt from a shuffled deck, so a run injects every kind it names
+//! before any kind comes twice; the first round's holds are shortened to fit the run.
 //!
-//! Network faults are nftables rules in a table of our own (`inet strstore_chaos`) in the
-//! victim's network namespace, matching peers by address (clients come from another address
-//! and are never cut off: a client stuck with a minority node must see timeouts, not a clean
-//! refusal), and tc's token bucket filter for slow links. The kernel here has no `netem`, so
-//! delay comes from queueing behind a low rate; duplication and reordering are left to the
-//! deterministic simulation.
+//! The kernel here has no `netem`, so delay comes from queueing behind a low rate;
+//! duplication and reordering are left to the deterministic simulation. What each fault does
+//! to the nodes is in [`super::faults`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,39 +15,59 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use strstore_client::Client;
 use strstore_protocol::NodeId;
 
-use super::backend::{client_config, Backend, NodeInfo};
+use super::backend::{Backend, NodeInfo};
+use super::faults::{self, Drops, Fault};
 use super::stats::FaultWindow;
 
 /// The `--nemesis` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 pub enum NemesisKind {
-    /// Every kind below, drawn at random.
+    /// Every kind below, drawn at random (but each once before any twice).
     Mix,
     /// `kill -9` and restart: a random node, the master, or a minority at once.
     Kill,
     /// SIGSTOP / SIGCONT (docker pause) for longer than the failure timeout.
     Pause,
+    /// A gray fault: one node paused for 80 % of the failure timeout, then running as
+    /// long, over and over; never silent long enough to look dead.
+    Flap,
     /// Network partitions: isolate a node or the master, majority/minority, bridge, one-way.
     Partition,
     /// Random loss of 10-30% of the packets between peers.
     Loss,
+    /// A gray fault: 60-90 % of the packets between one node and its peers dropped.
+    Lossy,
     /// Slow links: a token bucket on one node's or every node's outgoing traffic.
     Slow,
+    /// A gray fault: every sync of one node's log 20-100 ms slower (the wal-sync failpoint;
+    /// the netns backend and a server built with `--features strstore-server/failpoints`).
+    Disk,
 }
 
 impl NemesisKind {
-    fn kinds(self) -> &'static [NemesisKind] {
+    /// The kinds this choice deals, those `backend_has_failpoints` allows.
+    fn kinds(self, backend_has_failpoints: bool) -> Vec<NemesisKind> {
         use NemesisKind::*;
+        let kinds = match self {
+            Mix => vec![Kill, Pause, Flap, Partition, Loss, Lossy, Slow, Disk],
+            one => vec![one],
+        };
+        kinds.into_iter().filter(|&k| k != Disk || backend_has_failpoints).collect()
+    }
+
+    fn name(self) -> &'static str {
         match self {
-            Mix => &[Kill, Pause, Partition, Loss, Slow],
-            Kill => &[Kill],
-            Pause => &[Pause],
-            Partition => &[Partition],
-            Loss => &[Loss],
-            Slow => &[Slow],
+            NemesisKind::Mix => "mix",
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+            NemesisKind::Flap => "flap",
+            NemesisKind::Partition => "partition",
+            NemesisKind::Loss => "loss",
+            NemesisKind::Lossy => "lossy",
+            NemesisKind::Slow => "slow",
+            NemesisKind::Disk => "disk",
         }
     }
 }
@@ -59,43 +78,52 @@ const LEAD_IN: Duration = Duration::from_secs(5);
 const TAIL: Duration = Duration::from_secs(5);
 /// No fault starts unless it can be held this long before the tail.
 const SHORTEST_HOLD: Duration = Duration::from_secs(2);
-
-/// One fault, ready to apply.
-#[derive(Clone, Debug)]
-enum Fault {
-    Kill(Vec<NodeId>),
-    Pause(NodeId),
-    /// Each `(node, peers)`: `node` drops every packet from `peers`.
-    Partition(Vec<(NodeId, Vec<NodeId>)>),
-    /// Every node drops this percentage of the packets from its peers.
-    Loss(u32),
-    /// These nodes' outgoing traffic goes through a token bucket of this many kbit/s.
-    Slow(Vec<NodeId>, u32),
-}
+/// The calm gap after each fault of the first round (later ones: 3-7 s).
+const FIRST_ROUND_CALM: Duration = Duration::from_millis(2500);
+/// What the nodes run with (`--failure-timeout-ms`): a flapping node pauses for 80 % of it.
+const FAILURE_TIMEOUT: Duration = Duration::from_millis(500);
 
 struct Drawn {
     fault: Fault,
-    kind: &'static str,
+    kind: NemesisKind,
     label: String,
     hold: Duration,
+    /// The node a partition isolates when it was the master: a view change must follow.
+    master_isolated: Option<NodeId>,
 }
 
 /// The fault schedule for one run.
 pub struct NemesisPlan {
-    kinds: &'static [NemesisKind],
+    kinds: Vec<NemesisKind>,
+    /// Kinds not dealt yet in this round.
+    deck: Vec<NemesisKind>,
+    first_round: bool,
     rng: StdRng,
     nodes: Vec<NodeInfo>,
     duration: Duration,
 }
 
 impl NemesisPlan {
-    pub fn new(kind: NemesisKind, seed: u64, nodes: &[NodeInfo], duration: Duration) -> Self {
+    pub fn new(
+        kind: NemesisKind,
+        seed: u64,
+        nodes: &[NodeInfo],
+        duration: Duration,
+        backend_has_failpoints: bool,
+    ) -> Self {
         Self {
-            kinds: kind.kinds(),
+            kinds: kind.kinds(backend_has_failpoints),
+            deck: Vec::new(),
+            first_round: true,
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             nodes: nodes.to_vec(),
             duration,
         }
+    }
+
+    /// The kinds this run deals, by name.
+    pub fn kind_names(&self) -> Vec<&'static str> {
+        self.kinds.iter().map(|k| k.name()).collect()
     }
 
     /// Injects faults until the workload's end (or `stop`) and returns what it did. Every
@@ -108,110 +136,169 @@ impl NemesisPlan {
     ) -> anyhow::Result<Vec<FaultWindow>> {
         let since = |at: Instant| at.duration_since(start).as_nanos() as u64;
         let last_start = start + self.duration.saturating_sub(TAIL);
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         let mut windows = Vec::new();
         pause_until(start + LEAD_IN, stop);
         while !stop.load(Ordering::SeqCst) && Instant::now() + SHORTEST_HOLD < last_start {
-            let drawn = self.draw();
-            let began = Instant::now();
-            println!("chaos: {:7.1}s  {} ({})", since(began) as f64 / 1e9, drawn.label, drawn.kind);
-            let applied = apply(backend, &drawn.fault, &self.nodes);
-            if applied.is_ok() {
-                pause_until((began + drawn.hold).min(last_start), stop);
+            let first_round = self.first_round;
+            let mut drawn = self.draw();
+            if first_round {
+                drawn.hold = drawn.hold.min(self.first_round_hold(last_start));
             }
-            let healed = heal(backend, &drawn.fault);
+            let began = Instant::now();
+            println!(
+                "chaos: {:7.1}s  {} ({})",
+                since(began) as f64 / 1e9,
+                drawn.label,
+                drawn.kind.name()
+            );
+            let applied = faults::apply(backend, &drawn.fault, &self.nodes);
+            let mut effect = None;
+            if applied.is_ok() {
+                faults::hold(backend, &drawn.fault, (began + drawn.hold).min(last_start), stop)?;
+                effect = self.evidence(backend, &drawn);
+            }
+            let healed = faults::heal(backend, &drawn.fault);
             let ended = Instant::now();
             windows.push(FaultWindow {
                 start: since(began),
                 end: since(ended),
-                kind: drawn.kind.to_string(),
+                kind: drawn.kind.name().to_string(),
                 label: drawn.label,
+                nodes: drawn.fault.touches(&ids),
+                effect: effect.unwrap_or_default(),
             });
             applied?;
             healed?;
-            let calm = Duration::from_millis(self.rng.gen_range(3000..=7000));
+            let calm = if self.first_round {
+                FIRST_ROUND_CALM
+            } else {
+                Duration::from_millis(self.rng.gen_range(3000..=7000))
+            };
             pause_until(ended + calm, stop);
         }
         Ok(windows)
     }
 
+    /// While the first round is dealt: the hold that leaves room for the kinds still in the
+    /// deck before `last_start`, and for this fault's own hold.
+    fn first_round_hold(&self, last_start: Instant) -> Duration {
+        let left = last_start.saturating_duration_since(Instant::now());
+        let faults_left = self.deck.len() as u32 + 1;
+        (left / faults_left).saturating_sub(FIRST_ROUND_CALM).max(SHORTEST_HOLD)
+    }
+
+    /// What shows that the fault acts, read before it is healed (see [`faults::evidence`]);
+    /// for an isolated master, also the view change the others made without it.
+    fn evidence(&self, backend: &Backend, drawn: &Drawn) -> Option<String> {
+        let seen = faults::evidence(backend, &drawn.fault, &self.nodes)?;
+        let Some(master) = drawn.master_isolated else { return Some(seen) };
+        let others: Vec<NodeId> =
+            self.nodes.iter().map(|n| n.id).filter(|&id| id != master).collect();
+        match faults::status_of(&self.nodes, &others) {
+            Some(report) if report.master != master => Some(format!(
+                "{seen}; the others moved on to epoch {} with master n{}",
+                report.epoch, report.master
+            )),
+            _ => None,
+        }
+    }
+
     fn draw(&mut self) -> Drawn {
-        let kind = *self.kinds.choose(&mut self.rng).expect("at least one kind");
+        if self.deck.is_empty() {
+            self.deck = self.kinds.clone();
+            self.deck.shuffle(&mut self.rng);
+        }
+        let kind = self.deck.pop().expect("at least one kind");
+        if self.deck.is_empty() {
+            self.first_round = false;
+        }
         let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
-        let minority = (ids.len() - 1) / 2;
         let pick = |rng: &mut StdRng| *ids.choose(rng).expect("nodes");
         let hold = |rng: &mut StdRng, secs: std::ops::RangeInclusive<u64>| {
             Duration::from_millis(rng.gen_range(secs.start() * 1000..=secs.end() * 1000))
         };
+        let drawn = |fault, label, hold| Drawn { fault, kind, label, hold, master_isolated: None };
         match kind {
             NemesisKind::Kill => {
-                let (victims, how) = match self.rng.gen_range(0..3) {
-                    0 => (vec![pick(&mut self.rng)], "a random node".to_string()),
-                    1 => (vec![self.master()], "the master".to_string()),
-                    _ => {
-                        let mut shuffled = ids.clone();
-                        shuffled.shuffle(&mut self.rng);
-                        shuffled.truncate(minority);
-                        (shuffled, format!("a minority of {minority}"))
-                    }
-                };
+                let (victims, how) = self.kill_victims(&ids);
                 let label = format!("kill -9 {} ({how}), restart after the hold", names(&victims));
-                Drawn {
-                    hold: hold(&mut self.rng, 2..=8),
-                    fault: Fault::Kill(victims),
-                    kind: "kill",
-                    label,
-                }
+                drawn(Fault::Kill(victims), label, hold(&mut self.rng, 2..=8))
             }
             NemesisKind::Pause => {
-                let (victim, how) = if self.rng.gen_bool(0.5) {
-                    (self.master(), "the master")
-                } else {
-                    (pick(&mut self.rng), "a random node")
-                };
+                let (victim, how) = self.master_or_random(&ids);
                 let label = format!("pause n{victim} ({how})");
-                Drawn {
-                    hold: hold(&mut self.rng, 3..=8),
-                    fault: Fault::Pause(victim),
-                    kind: "pause",
-                    label,
-                }
+                drawn(Fault::Pause(victim), label, hold(&mut self.rng, 3..=8))
+            }
+            NemesisKind::Flap => {
+                let (victim, how) = self.master_or_random(&ids);
+                let paused = FAILURE_TIMEOUT * 4 / 5;
+                let label = format!(
+                    "flap n{victim} ({how}): paused {} ms, running {0} ms, again and again",
+                    paused.as_millis()
+                );
+                drawn(Fault::Flap(victim, paused), label, hold(&mut self.rng, 5..=10))
             }
             NemesisKind::Partition => {
-                let (drops, label) = self.partition(&ids);
-                Drawn {
-                    hold: hold(&mut self.rng, 3..=10),
-                    fault: Fault::Partition(drops),
-                    kind: "partition",
-                    label,
-                }
+                let (drops, label, master_isolated) = self.partition(&ids);
+                let mut d = drawn(Fault::Partition(drops), label, hold(&mut self.rng, 3..=10));
+                d.master_isolated = master_isolated;
+                d
             }
             NemesisKind::Loss => {
                 let percent = self.rng.gen_range(10..=30);
                 let label = format!("drop {percent}% of the packets between peers");
-                Drawn {
-                    hold: hold(&mut self.rng, 5..=10),
-                    fault: Fault::Loss(percent),
-                    kind: "loss",
-                    label,
-                }
+                drawn(Fault::Loss(percent), label, hold(&mut self.rng, 5..=10))
+            }
+            NemesisKind::Lossy => {
+                let victim = pick(&mut self.rng);
+                let percent = self.rng.gen_range(60..=90);
+                let label =
+                    format!("drop {percent}% of the packets between n{victim} and its peers");
+                drawn(Fault::Lossy(victim, percent), label, hold(&mut self.rng, 5..=10))
             }
             NemesisKind::Slow => {
                 let kbit = *[128, 512, 2048].choose(&mut self.rng).expect("rates");
-                let victims = if self.rng.gen_bool(0.5) { vec![pick(&mut self.rng)] } else { ids };
+                let victims =
+                    if self.rng.gen_bool(0.5) { vec![pick(&mut self.rng)] } else { ids.clone() };
                 let label = format!("limit {} to {kbit} kbit/s outgoing", names(&victims));
-                Drawn {
-                    hold: hold(&mut self.rng, 5..=10),
-                    fault: Fault::Slow(victims, kbit),
-                    kind: "slow",
-                    label,
-                }
+                drawn(Fault::Slow(victims, kbit), label, hold(&mut self.rng, 5..=10))
             }
-            NemesisKind::Mix => unreachable!("Mix is never drawn"),
+            NemesisKind::Disk => {
+                let victim = pick(&mut self.rng);
+                let ms = *[20, 50, 100].choose(&mut self.rng).expect("delays");
+                let label = format!("slow disk on n{victim}: every log sync {ms} ms longer");
+                drawn(Fault::SlowDisk(victim, ms), label, hold(&mut self.rng, 5..=10))
+            }
+            NemesisKind::Mix => unreachable!("Mix is never dealt"),
         }
     }
 
-    /// The partitions: who drops packets from whom, and a label saying what it means.
-    fn partition(&mut self, ids: &[NodeId]) -> (Vec<(NodeId, Vec<NodeId>)>, String) {
+    fn kill_victims(&mut self, ids: &[NodeId]) -> (Vec<NodeId>, String) {
+        let minority = (ids.len() - 1) / 2;
+        match self.rng.gen_range(0..3) {
+            0 => (vec![*ids.choose(&mut self.rng).expect("nodes")], "a random node".to_string()),
+            1 => (vec![self.master()], "the master".to_string()),
+            _ => {
+                let mut shuffled = ids.to_vec();
+                shuffled.shuffle(&mut self.rng);
+                shuffled.truncate(minority);
+                (shuffled, format!("a minority of {minority}"))
+            }
+        }
+    }
+
+    fn master_or_random(&mut self, ids: &[NodeId]) -> (NodeId, &'static str) {
+        if self.rng.gen_bool(0.5) {
+            (self.master(), "the master")
+        } else {
+            (*ids.choose(&mut self.rng).expect("nodes"), "a random node")
+        }
+    }
+
+    /// The partitions: who drops packets from whom, a label saying what it means, and the
+    /// master when it is the node isolated.
+    fn partition(&mut self, ids: &[NodeId]) -> (Drops, String, Option<NodeId>) {
         let mut shuffled = ids.to_vec();
         shuffled.shuffle(&mut self.rng);
         let others = |x: NodeId| ids.iter().copied().filter(|&y| y != x).collect::<Vec<_>>();
@@ -222,12 +309,14 @@ impl NemesisPlan {
                 } else {
                     (shuffled[0], "a random node")
                 };
-                (split(&[victim], &others(victim)), format!("isolate n{victim} ({how})"))
+                let isolated_master = (how == "the master").then_some(victim);
+                let label = format!("isolate n{victim} ({how})");
+                (split(&[victim], &others(victim)), label, isolated_master)
             }
             2 => {
                 let (small, big) = shuffled.split_at((ids.len() - 1) / 2);
                 let label = format!("split {} | {}", names(small), names(big));
-                (split(small, big), label)
+                (split(small, big), label, None)
             }
             3 => {
                 // The bridge hears both halves, which cannot hear each other.
@@ -240,12 +329,12 @@ impl NemesisPlan {
                     names(&[bridge]),
                     names(b)
                 );
-                (split(a, b), label)
+                (split(a, b), label, None)
             }
             _ => {
                 let victim = shuffled[0];
                 let label = format!("one-way: n{victim} hears nobody, everyone hears n{victim}");
-                (vec![(victim, others(victim))], label)
+                (vec![(victim, others(victim))], label, None)
             }
         }
     }
@@ -253,21 +342,16 @@ impl NemesisPlan {
     /// The current master as the cluster reports it, or a random node if nobody answers
     /// quickly (a fault may be under way).
     fn master(&mut self) -> NodeId {
-        let nodes: Vec<&NodeInfo> = self.nodes.iter().collect();
-        let config = client_config(&nodes, Duration::from_secs(3), Duration::from_secs(1));
-        let asked =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().ok().and_then(
-                |rt| rt.block_on(async { Client::new(config).ok()?.status().await.ok() }),
-            );
-        match asked {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        match faults::status_of(&self.nodes, &ids) {
             Some(report) => report.master,
-            None => self.nodes.choose(&mut self.rng).expect("nodes").id,
+            None => *ids.choose(&mut self.rng).expect("nodes"),
         }
     }
 }
 
 /// Both ways: every node of `a` drops packets from every node of `b`, and the reverse.
-fn split(a: &[NodeId], b: &[NodeId]) -> Vec<(NodeId, Vec<NodeId>)> {
+fn split(a: &[NodeId], b: &[NodeId]) -> Drops {
     let one_way =
         |from: &[NodeId], to: &[NodeId]| to.iter().map(|&x| (x, from.to_vec())).collect::<Vec<_>>();
     let mut drops = one_way(a, b);
@@ -275,13 +359,13 @@ fn split(a: &[NodeId], b: &[NodeId]) -> Vec<(NodeId, Vec<NodeId>)> {
     drops
 }
 
-fn names(ids: &[NodeId]) -> String {
+pub fn names(ids: &[NodeId]) -> String {
     let names: Vec<String> = ids.iter().map(|id| format!("n{id}")).collect();
     names.join(",")
 }
 
 /// Sleeps until `deadline`, waking early when `stop` is set.
-fn pause_until(deadline: Instant, stop: &AtomicBool) {
+pub fn pause_until(deadline: Instant, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= deadline {
@@ -289,76 +373,4 @@ fn pause_until(deadline: Instant, stop: &AtomicBool) {
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
     }
-}
-
-fn apply(backend: &mut Backend, fault: &Fault, nodes: &[NodeInfo]) -> anyhow::Result<()> {
-    let ip = |id: NodeId| {
-        nodes.iter().find(|n| n.id == id).map(|n| n.ip.to_string()).unwrap_or_default()
-    };
-    match fault {
-        Fault::Kill(victims) => victims.iter().try_for_each(|&id| backend.kill(id)),
-        Fault::Pause(victim) => backend.pause(*victim),
-        Fault::Partition(drops) => drops.iter().try_for_each(|(node, from)| {
-            let set: Vec<String> = from.iter().map(|&id| ip(id)).collect();
-            install_rules(backend, *node, &format!("ip saddr {{ {} }} drop", set.join(", ")))
-        }),
-        Fault::Loss(percent) => nodes.iter().try_for_each(|node| {
-            let peers: Vec<String> =
-                nodes.iter().filter(|n| n.id != node.id).map(|n| n.ip.to_string()).collect();
-            let rule = format!(
-                "ip saddr {{ {} }} numgen random mod 100 < {percent} drop",
-                peers.join(", ")
-            );
-            install_rules(backend, node.id, &rule)
-        }),
-        Fault::Slow(victims, kbit) => victims.iter().try_for_each(|&id| {
-            let rate = format!("{kbit}kbit");
-            let args = [
-                "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "16kb",
-                "latency", "2s",
-            ];
-            backend.in_netns(id, "tc", &args, "")
-        }),
-    }
-}
-
-fn heal(backend: &mut Backend, fault: &Fault) -> anyhow::Result<()> {
-    match fault {
-        Fault::Kill(victims) => victims.iter().try_for_each(|&id| backend.restart(id)),
-        Fault::Pause(victim) => backend.resume(*victim),
-        Fault::Partition(drops) => {
-            drops.iter().try_for_each(|(node, _)| remove_rules(backend, *node))
-        }
-        Fault::Loss(_) => {
-            let ids: Vec<NodeId> = backend.nodes().iter().map(|n| n.id).collect();
-            ids.into_iter().try_for_each(|id| remove_rules(backend, id))
-        }
-        Fault::Slow(victims, _) => victims.iter().try_for_each(|&id| {
-            backend.in_netns(id, "tc", &["qdisc", "del", "dev", "eth0", "root"], "")
-        }),
-    }
-}
-
-/// Replaces node `id`'s chaos table with one input rule, atomically (one `nft -f` run).
-fn install_rules(backend: &Backend, id: NodeId, rule: &str) -> anyhow::Result<()> {
-    let script = format!(
-        "table inet strstore_chaos\ndelete table inet strstore_chaos\n\
-         table inet strstore_chaos {{\n  chain input {{\n    \
-         type filter hook input priority -10; policy accept;\n    {rule}\n  }}\n}}\n"
-    );
-    backend.in_netns(id, "nft", &["-f", "-"], &script)
-}
-
-fn remove_rules(backend: &Backend, id: NodeId) -> anyhow::Result<()> {
-    let script = "table inet strstore_chaos\ndelete table inet strstore_chaos\n";
-    backend.in_netns(id, "nft", &["-f", "-"], script)
-}
-
-/// Removes every network fault from node `id`, ignoring what was not there.
-pub fn clear_network_faults(backend: &Backend, id: NodeId) {
-    if let Err(e) = remove_rules(backend, id) {
-        eprintln!("chaos: clearing n{id}'s nftables rules: {e:#}");
-    }
-    // Fails harmlessly when no qdisc of ours is installed.
-    let _ = backend.in_netns(id, "tc", &["qdisc", "del", "dev", "eth0", "root"], "");
 }

@@ -157,6 +157,8 @@ impl Cluster {
         command.arg("--data-dir").arg(self.out.join("data").join(format!("n{id}")));
         command.arg("--tls-dir").arg(self.tls_dir());
         command.args(["--client-tls", "--client-auth", "required"]);
+        // Read only by servers built with the `failpoints` feature (the slow-disk fault).
+        command.env("STRSTORE_FAILPOINTS_FILE", self.failpoints_file(id));
         command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         // As deployed (deploy/local-cluster.sh, deploy/node.env).
         command.env("MALLOC_MMAP_THRESHOLD_", "1048576");
@@ -165,6 +167,19 @@ impl Cluster {
         let child = command.spawn().with_context(|| format!("starting n{id}"))?;
         self.procs[index] = Some(child);
         Ok(())
+    }
+
+    fn failpoints_file(&self, id: NodeId) -> PathBuf {
+        self.out.join("data").join(format!("n{id}.failpoints"))
+    }
+
+    pub fn set_failpoints(&self, id: NodeId, config: &str) -> anyhow::Result<()> {
+        let path = self.failpoints_file(id);
+        fs::write(&path, config).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn node_log(&self, id: NodeId) -> Option<String> {
+        fs::read_to_string(self.out.join("logs").join(format!("n{id}.log"))).ok()
     }
 
     pub fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {

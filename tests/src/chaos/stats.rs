@@ -15,6 +15,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use strstore_protocol::NodeId;
+
 use crate::checker::{History, Op, OpKind, Outcome};
 
 /// Nanoseconds per second, the unit of chaos histories and fault windows.
@@ -36,6 +38,14 @@ pub struct FaultWindow {
     pub kind: String,
     /// What exactly was done, for humans, e.g. "kill -9 n2 (master)".
     pub label: String,
+    /// The nodes the fault acted on (one for a gray fault, an isolated node or a single
+    /// kill; every node for a split or a cluster-wide loss).
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
+    /// What showed, before healing, that the fault acted (counters, a silent node, a view
+    /// change); empty when nothing did, which the report flags.
+    #[serde(default)]
+    pub effect: String,
 }
 
 impl FaultWindow {
@@ -209,23 +219,85 @@ pub struct Summary {
     pub faulty: PeriodStats,
     /// The faults themselves.
     pub faults: FaultStats,
+    /// Each kind of fault on its own, from [`SETTLE_IN`] after each window's start.
+    #[serde(default)]
+    pub by_kind: Vec<KindStats>,
+    /// Every fault that acted on one node only (a kill, a pause, an isolated node, a gray
+    /// fault), from [`SETTLE_IN`] after its start: what clients keep when one node fails.
+    #[serde(default)]
+    pub one_node: Option<KindStats>,
+}
+
+/// How long after a fault starts its own throughput is measured from: the time the
+/// cluster is given to notice (a failure timeout, a view change).
+pub const SETTLE_IN: u64 = NANOS_PER_SEC;
+
+/// Throughput during the windows of one kind of fault (or one group of kinds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KindStats {
+    pub kind: String,
+    /// How many windows of that kind there were.
+    pub windows: u64,
+    /// Their ops, from [`SETTLE_IN`] after each start to its end.
+    pub period: PeriodStats,
+    /// `period.ops_per_sec` as a percentage of calm throughput.
+    pub kept_percent: f64,
+}
+
+impl KindStats {
+    fn of<'a>(
+        kind: &str,
+        history: &History,
+        windows: impl Iterator<Item = &'a FaultWindow>,
+        calm: &PeriodStats,
+        run_end: u64,
+    ) -> Option<Self> {
+        let windows: Vec<&FaultWindow> = windows.collect();
+        let settled = windows.iter().map(|w| (w.start.saturating_add(SETTLE_IN), w.end));
+        let union = FaultUnion::new(settled);
+        let seconds = union.nanos_within(run_end) as f64 / NANOS_PER_SEC as f64;
+        if windows.is_empty() {
+            return None;
+        }
+        let ops = history.ops.iter().filter(|op| union.contains(event_time(op)));
+        let period = PeriodStats::from_ops(ops, seconds);
+        let kept_percent = if calm.ops_per_sec > 0.0 {
+            100.0 * period.ops_per_sec / calm.ops_per_sec
+        } else {
+            0.0
+        };
+        Some(Self { kind: kind.to_string(), windows: windows.len() as u64, period, kept_percent })
+    }
 }
 
 /// Computes the [`Summary`] of a chaos run that lasted `run_end` nanoseconds.
 pub fn summarize(history: &History, faults: &[FaultWindow], run_end: u64) -> Summary {
-    let union = FaultUnion::new(faults);
+    let union = FaultUnion::new(faults.iter().map(|f| (f.start, f.end)));
     let faulty_seconds = union.nanos_within(run_end) as f64 / NANOS_PER_SEC as f64;
     let run_seconds = run_end as f64 / NANOS_PER_SEC as f64;
     let mut ops = OpCounts::default();
     history.ops.iter().for_each(|op| ops.add(op));
     let (faulty_ops, calm_ops): (Vec<&Op>, Vec<&Op>) =
         history.ops.iter().partition(|op| union.contains(event_time(op)));
+    let calm = PeriodStats::from_ops(calm_ops.into_iter(), run_seconds - faulty_seconds);
+    let by_kinds = count_kinds(faults);
+    let by_kind = by_kinds
+        .keys()
+        .filter_map(|kind| {
+            let windows = faults.iter().filter(|f| &f.kind == kind);
+            KindStats::of(kind, history, windows, &calm, run_end)
+        })
+        .collect();
+    let one_node_windows = faults.iter().filter(|f| f.nodes.len() == 1);
+    let one_node = KindStats::of("one node", history, one_node_windows, &calm, run_end);
     Summary {
         run_seconds,
         ops,
-        calm: PeriodStats::from_ops(calm_ops.into_iter(), run_seconds - faulty_seconds),
         faulty: PeriodStats::from_ops(faulty_ops.into_iter(), faulty_seconds),
-        faults: FaultStats { by_kind: count_kinds(faults), faulty_seconds },
+        calm,
+        faults: FaultStats { by_kind: by_kinds, faulty_seconds },
+        by_kind,
+        one_node,
     }
 }
 
@@ -244,9 +316,8 @@ struct FaultUnion {
 }
 
 impl FaultUnion {
-    fn new(faults: &[FaultWindow]) -> Self {
-        let mut windows: Vec<(u64, u64)> =
-            faults.iter().filter(|f| f.start < f.end).map(|f| (f.start, f.end)).collect();
+    fn new(windows: impl Iterator<Item = (u64, u64)>) -> Self {
+        let mut windows: Vec<(u64, u64)> = windows.filter(|(start, end)| start < end).collect();
         windows.sort_unstable();
         let mut intervals: Vec<(u64, u64)> = Vec::with_capacity(windows.len());
         for (start, end) in windows {
@@ -273,8 +344,33 @@ impl fmt::Display for Summary {
         writeln!(f, "run: {:.1} s, {}", self.run_seconds, self.faults)?;
         writeln!(f)?;
         write_period_table(f, &self.calm, &self.faulty)?;
+        if !self.by_kind.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "from 1 s after each fault's start, as a share of calm throughput:")?;
+            for kind in self.by_kind.iter().chain(&self.one_node) {
+                writeln!(f, "  {kind}")?;
+            }
+        }
         writeln!(f)?;
         write!(f, "{}", self.ops)
+    }
+}
+
+impl fmt::Display for KindStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p99 = self
+            .period
+            .latency
+            .map_or("-".to_string(), |l| format!("{:.1}", l.p99_nanos as f64 / NANOS_PER_MS));
+        write!(
+            f,
+            "{:<10}{:>3} x {:>6.1} s {:>9.1} ops/s {:>5.0} % kept  p99 {p99} ms",
+            self.kind,
+            self.windows,
+            self.period.seconds,
+            self.period.ops_per_sec,
+            self.kept_percent
+        )
     }
 }
 
@@ -359,7 +455,14 @@ mod tests {
     }
 
     fn fault(start: u64, end: u64, kind: &str) -> FaultWindow {
-        FaultWindow { start, end, kind: kind.into(), label: format!("{kind} n2") }
+        FaultWindow {
+            start,
+            end,
+            kind: kind.into(),
+            label: format!("{kind} n2"),
+            nodes: vec![2],
+            effect: String::new(),
+        }
     }
 
     /// 30 s run; faults cover [10 s, 20 s) as two overlapping windows.
@@ -380,6 +483,27 @@ mod tests {
         ]);
         let faults = vec![fault(10 * S, 15 * S, "partition"), fault(12 * S, 20 * S, "kill")];
         (history, faults)
+    }
+
+    #[test]
+    fn each_kind_is_measured_from_a_second_after_its_start() {
+        let (history, mut faults) = sample();
+        faults.push(FaultWindow { nodes: vec![1, 2, 3], ..fault(24 * S, 27 * S, "loss") });
+        let summary = summarize(&history, &faults, 30 * S);
+        let kind = |name: &str| summary.by_kind.iter().find(|k| k.kind == name).unwrap();
+        // Partition: [11, 15) holds the append at 12 s and the failed set at 11 s.
+        assert_eq!((kind("partition").period.seconds, kind("partition").period.ok), (4.0, 1));
+        assert_eq!(kind("partition").period.failed, 1);
+        // Kill: [13, 20) holds the get at 15 s; the append ending at 20 s is calm.
+        assert_eq!((kind("kill").period.seconds, kind("kill").period.ok), (7.0, 1));
+        assert_eq!((kind("loss").period.seconds, kind("loss").period.ok), (2.0, 1));
+        // Calm: 4 ok ops in 30 - 10 - 3 = 17 s.
+        let calm = 4.0 / 17.0;
+        assert!((kind("partition").kept_percent - 100.0 * 0.25 / calm).abs() < 1e-9);
+        // One-node faults leave out the cluster-wide loss: [11, 20), two ok ops.
+        let one = summary.one_node.as_ref().expect("one-node faults");
+        assert_eq!((one.windows, one.period.seconds, one.period.ok), (2, 9.0, 2));
+        assert!(summary.to_string().contains("as a share of calm throughput"));
     }
 
     #[test]

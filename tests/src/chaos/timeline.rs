@@ -36,12 +36,15 @@ const WRITE_DOT_COLOR: &str = "#1f77b4";
 const GET_DOT_COLOR: &str = "#ff7f0e";
 /// Shading per fault kind, chosen away from the series colors so that a red line is always
 /// a failure and never a kill.
-const FAULT_COLORS: [(&str, &str); 5] = [
+const FAULT_COLORS: [(&str, &str); 8] = [
     ("kill", "#8c564b"),
     ("pause", "#9467bd"),
+    ("flap", "#c5b0d5"),
     ("partition", "#2ca02c"),
     ("loss", "#bcbd22"),
+    ("lossy", "#dbdb8d"),
     ("slow", "#17becf"),
+    ("disk", "#e377c2"),
 ];
 const OTHER_FAULT_COLOR: &str = "#7f7f7f";
 
@@ -505,7 +508,14 @@ mod tests {
     }
 
     fn fault(start: u64, end: u64, kind: &str, label: &str) -> FaultWindow {
-        FaultWindow { start, end, kind: kind.into(), label: label.into() }
+        FaultWindow {
+            start,
+            end,
+            kind: kind.into(),
+            label: label.into(),
+            nodes: vec![2],
+            effect: String::new(),
+        }
     }
 
     fn small() -> (History, Vec<FaultWindow>) {
