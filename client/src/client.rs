@@ -32,9 +32,6 @@ use crate::retry::{attempt_timeout, Backoff, NodeHealth, BACKOFF_MAX, BACKOFF_MI
 use crate::stream::Stream;
 use crate::{ClientConfig, ClientError};
 
-/// The byte stream under a connection: plain TCP or TLS, as configured.
-type Transport = Stream;
-
 /// A session with a strstore cluster. It holds at most one connection, sends one request at
 /// a time and numbers its requests 1, 2, 3...
 pub struct Client {
@@ -49,7 +46,7 @@ pub struct Client {
     health: NodeHealth,
     /// Open connection, if any, with the index in `config.addrs` of its node. Opened lazily,
     /// kept while it carries answers.
-    conn: Option<(usize, Connection<Transport>)>,
+    conn: Option<(usize, Connection<Stream>)>,
     /// TLS settings built once from `config.tls` (files read at creation, not per connection).
     tls: Option<TlsConnector>,
 }
@@ -308,7 +305,7 @@ impl Client {
         &self,
         node: usize,
         attempt_deadline: Instant,
-    ) -> Result<Connection<Transport>, AttemptError> {
+    ) -> Result<Connection<Stream>, AttemptError> {
         let addr = self.addr(node);
         let connect_deadline = (Instant::now() + self.config.connect_timeout).min(attempt_deadline);
         let max_frame_bytes = self.config.max_reply_bytes;
@@ -356,7 +353,7 @@ trait Job {
     /// fate; the inner one is the node's answer.
     async fn send(
         &self,
-        conn: &mut Connection<Transport>,
+        conn: &mut Connection<Stream>,
     ) -> Result<Result<Self::Answer, Error>, ConnError>;
 
     /// For logs.
@@ -369,7 +366,7 @@ impl Job for Request {
 
     async fn send(
         &self,
-        conn: &mut Connection<Transport>,
+        conn: &mut Connection<Stream>,
     ) -> Result<Result<Response, Error>, ConnError> {
         conn.call(self.clone()).await
     }
@@ -385,7 +382,7 @@ impl Job for ClientFrame {
 
     async fn send(
         &self,
-        conn: &mut Connection<Transport>,
+        conn: &mut Connection<Stream>,
     ) -> Result<Result<ServerFrame, Error>, ConnError> {
         conn.ask(self.clone()).await.map(Ok)
     }

@@ -178,7 +178,6 @@ mod tests {
                 .prop_map(|(reason, try_nodes)| Error::Unavailable { reason, try_nodes }),
             any::<u64>().prop_map(|seq| Error::Superseded { seq }),
             ".*".prop_map(Error::Busy),
-            ".*".prop_map(Error::Internal),
         ]
     }
 

@@ -32,9 +32,6 @@ pub enum Error {
     /// The node is overloaded; retry later.
     #[error("node busy: {0}; retry later")]
     Busy(String),
-    /// A bug or an I/O failure inside the node.
-    #[error("internal error: {0}")]
-    Internal(String),
     /// The client's certificate gives it a role that may not do this (a `read` certificate
     /// asked to write). Nothing was changed.
     #[error(

@@ -90,7 +90,7 @@ fn cli_says_what_to_do_when_no_node_is_up() {
     assert!(out.stdout.is_empty());
 }
 
-/// DESIGN.md invariant 3: acknowledged writes survive kill -9, in order.
+/// Acknowledged writes survive kill -9, in order.
 #[test]
 fn acknowledged_appends_survive_kill_9() {
     let mut c = TestCluster::start(1);
@@ -108,7 +108,7 @@ fn acknowledged_appends_survive_kill_9() {
     assert_eq!(ok_stdout(&c.cli(1, &["get"])), format!("{expected}\n"), "log:\n{}", c.logs());
 }
 
-/// DESIGN.md invariant 4: a retried request is applied once and gets its original result.
+/// A retried request is applied once and gets its original result.
 #[test]
 fn retried_request_is_applied_once() {
     let c = TestCluster::start(1);

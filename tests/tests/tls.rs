@@ -1,4 +1,4 @@
-//! Mutual TLS between real `strstore-server` processes on loopback (DESIGN.md invariant 6:
+//! Mutual TLS between real `strstore-server` processes on loopback (the rule:
 //! a node speaks to peers only over mutual TLS, and the id it claims must match its
 //! certificate, signed by the cluster CA), TLS for clients, and certificate rotation.
 //!

@@ -15,11 +15,6 @@ impl MemLog {
     pub fn crash(&mut self) {
         self.unsynced.clear();
     }
-
-    /// Records that would survive a crash now.
-    pub fn durable_len(&self) -> usize {
-        self.durable.len()
-    }
 }
 
 impl LogStore for MemLog {

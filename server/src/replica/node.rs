@@ -51,7 +51,8 @@ pub struct Config {
     pub max_action_bytes: usize,
     /// Most writes in one action.
     pub max_action_writes: usize,
-    /// Ticks before the first re-send of an unacked action (doubles up to `max_resend_ticks`).
+    /// Ticks before the first re-send of an unacked action; the next ones follow after 2, 4,
+    /// 8... ticks, up to `max_resend_ticks`.
     pub resend_ticks: Ticks,
     /// Upper bound of the re-send back-off.
     pub max_resend_ticks: Ticks,

@@ -36,6 +36,7 @@ impl Received {
     }
 
     /// Whether `oseq` of `origin` is held.
+    #[cfg(test)]
     pub fn contains(&self, origin: NodeId, oseq: Oseq) -> bool {
         self.origins.get(&origin).is_some_and(|o| oseq <= o.contiguous || o.beyond.contains(&oseq))
     }

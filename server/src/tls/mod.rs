@@ -1,5 +1,5 @@
-//! TLS for peer and client connections (DESIGN.md invariant 6: a node speaks to peers only
-//! over mutual TLS, and the id it claims must match its certificate, signed by the cluster CA).
+//! TLS for peer and client connections (the rule: a node speaks to peers only over mutual
+//! TLS, and the id it claims must match its certificate, signed by the cluster CA).
 //!
 //! Layout:
 //! - [`files`]: the files of a `--tls-dir` and their loading.

@@ -4,8 +4,8 @@
 //!
 //! Both ends authenticate: the dialler verifies that the server certificate names
 //! `node-<peer id>`, and the acceptor checks that the id claimed in the hello is the one its
-//! client certificate names, and that every message's `from` is that id (DESIGN.md invariant
-//! 6). A refused connection is logged with its reason on the refusing node; the dialler learns
+//! client certificate names, and that every message's `from` is that id (no node can speak
+//! for another). A refused connection is logged with its reason on the refusing node; the dialler learns
 //! the reason from a [`PeerFrame::Refused`](strstore_protocol::PeerFrame) or a TLS alert.
 //!
 //! Delivery is best effort by design: a full queue or a broken connection drops messages, and

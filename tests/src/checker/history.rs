@@ -124,11 +124,6 @@ impl History {
         self.ops.is_empty()
     }
 
-    /// True when some op is a `set`, which makes the direct checks weaker (see the module doc).
-    pub fn has_sets(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op.op, OpKind::Set(_)))
-    }
-
     /// Writes one op per line as JSON.
     pub fn write_jsonl(&self, writer: impl Write) -> Result<(), JsonlError> {
         jsonl::write(writer, &self.ops)
