@@ -14,6 +14,7 @@
 # .cluster/tls/. STRSTORE_CLIENT_TLS=true (and STRSTORE_CLIENT_AUTH=required) puts clients on
 # TLS too. STRSTORE_FEATURES=strstore-server/failpoints builds the nodes with fault injection
 # (server/src/failpoints.rs): node i then reads its failpoints from .cluster/n<i>.failpoints.
+# STRSTORE_SERVER_ARGS adds flags to every node (e.g. "--max-string-bytes 1073741824").
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,10 +77,12 @@ start() {
       echo "n$i already running (pid $pid)"
       continue
     fi
+    # shellcheck disable=SC2086 # STRSTORE_SERVER_ARGS is split into flags on purpose
     STRSTORE_FAILPOINTS_FILE=$dir/n$i.failpoints \
       MALLOC_MMAP_THRESHOLD_=$malloc_mmap_threshold nohup "$bin/strstore-server" --id "$i" \
       --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
-      --peers "$peers" --data-dir "$dir/n$i" --tls-dir "$tls" >>"$dir/n$i.log" 2>&1 &
+      --peers "$peers" --data-dir "$dir/n$i" --tls-dir "$tls" ${STRSTORE_SERVER_ARGS:-} \
+      >>"$dir/n$i.log" 2>&1 &
     echo $! > "$dir/n$i.pid"
   done
   for i in $(seq 1 "$n"); do
@@ -151,5 +154,5 @@ case ${1:-} in
   status) status ;;
   renew) renew ;;
   wipe) stop; rm -rf "$dir"; echo "wiped $dir" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -32,8 +32,8 @@ pub struct DetectionArgs {
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub ack_lag_ms: u64,
 
-    /// Milliseconds a member must lag without a break before the master removes it. It is
-    /// removed only while the view keeps a majority of the cluster's members (a 3-node
+    /// Milliseconds a member must lag without a break before the master removes it, or in all
+    /// within three times as long (a node that stalls again and again). It is removed only while the view keeps a majority of the cluster's members (a 3-node
     /// cluster removes at most one member for lagging, a 5-node cluster two).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub ack_lag_for_ms: u64,

@@ -146,6 +146,68 @@ fn in_view(c: &TestCluster, via: u64, id: u64) -> bool {
         .any(|m| m["member"]["id"] == id && m["state"] != "Failed")
 }
 
+/// A member paused for 300 ms of every 600 ms, well under the 500 ms failure timeout, never
+/// lags for a second in one spell; it holds every write back in each pause all the same, and
+/// must be removed for the lag it gathers in all (not for silence), then come back once it
+/// stops.
+#[test]
+fn a_member_stalling_under_the_failure_timeout_is_removed_for_its_lag() {
+    let c = TestCluster::start(3);
+    c.cli_ok(1, &["append", "<a>"]);
+    let pid = c.nodes[2].pid().expect("n3 runs").to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Its own thread, so that the pauses keep their length while writes wait for n3.
+    let flapper = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let kill = |signal: &str| {
+                let status = std::process::Command::new("kill").args(["-s", signal, &pid]).status();
+                assert!(status.is_ok_and(|s| s.success()), "SIG{signal} to n3");
+            };
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                kill("STOP");
+                std::thread::sleep(Duration::from_millis(300));
+                kill("CONT");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let mut client = ClientConfig::with_addrs(addrs(&c, &[1, 2]));
+    client.request_timeout = Duration::from_secs(30);
+    let rt = runtime();
+    let mut client = Client::new(client).expect("client");
+    let flapping = Instant::now();
+    let mut removed_after = None;
+    let mut writes = 0;
+    while flapping.elapsed() < Duration::from_secs(30) {
+        rt.block_on(client.append(format!("<w{writes}>"))).expect("write at n1, n2");
+        writes += 1;
+        if writes % 20 == 0 && !in_view(&c, 1, 3) {
+            removed_after = Some(flapping.elapsed());
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    flapper.join().expect("the flapping thread");
+    let removed_after = removed_after.unwrap_or_else(|| {
+        panic!("n3 stalled 300 ms of every 600 ms for 30 s and was never removed\n{}", c.logs())
+    });
+    println!("the stalling member was out of the view {removed_after:.1?} after it began");
+    let master_log = c.nodes[0].log();
+    assert!(
+        master_log.contains("n3's acks have come") && !master_log.contains("n3 silent for"),
+        "n3 must be removed for its lag, not for silence:\n{master_log}"
+    );
+    let stopped = Instant::now();
+    while !in_view(&c, 1, 3) {
+        assert!(stopped.elapsed() < Duration::from_secs(60), "n3 never came back\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.cli_ok(3, &["append", "<z>"]);
+    let string = converged_get(&c, &[1, 2, 3]);
+    assert!(string.starts_with("<a><w0>") && string.ends_with("<z>\n"), "{string}");
+}
+
 /// A member paused for 1.5 s of every 3 s is never silent long enough for the old fixed
 /// 2 s timeout, yet every write waits for it during each pause. It must be removed, stay
 /// out while it keeps flapping (its hold-down grows with each removal), let the others

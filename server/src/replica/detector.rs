@@ -14,7 +14,7 @@
 //!   steadily for a while, a while that grows each time it is removed, so that a flapping
 //!   node is not re-added (and removed, each time stalling writes) every few seconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use strstore_protocol::{NodeId, Timestamp};
 
@@ -71,6 +71,11 @@ impl Gaps {
     }
 }
 
+/// The lag a member may gather in all, `hold` ticks of it, is counted over this many holds:
+/// a node paused for just under the failure timeout, again and again, lags a third to a
+/// half of the time, never long enough in one spell, and holds every write back each time.
+const LAG_WINDOW_HOLDS: Ticks = 3;
+
 /// Members whose acks come last, far behind the others', for long enough to matter.
 #[derive(Debug, Default)]
 pub(crate) struct AckLag {
@@ -79,6 +84,8 @@ pub(crate) struct AckLag {
     /// Since when each member has had actions waiting on it beyond the bound, and when it
     /// last had one.
     lagging_since: BTreeMap<NodeId, (Ticks, Ticks)>,
+    /// The ticks at which each member lagged, over the last `LAG_WINDOW_HOLDS` holds.
+    lagged_at: BTreeMap<NodeId, VecDeque<Ticks>>,
 }
 
 impl AckLag {
@@ -97,7 +104,9 @@ impl AckLag {
     /// takes at least the bound to be overdue again, and a lossy link delays some acks and
     /// not others, so a member slow on most actions lags without a break. Actions at or
     /// before `applied` are over, however they ended.
-    pub(crate) fn tick(&mut self, now: Ticks, bound: Ticks, bridge: Ticks, applied: Timestamp) {
+    /// Lag older than `LAG_WINDOW_HOLDS` × `hold` is forgotten.
+    pub(crate) fn tick(&mut self, now: Ticks, lag: LagRule, applied: Timestamp) {
+        let LagRule { bound, bridge, hold } = lag;
         self.waiting = self.waiting.split_off(&Timestamp::new(applied.time, applied.node + 1));
         let mut behind: BTreeMap<NodeId, Ticks> = BTreeMap::new();
         for &(member, since) in self.waiting.values() {
@@ -108,12 +117,21 @@ impl AckLag {
         }
         self.lagging_since
             .retain(|m, (_, last)| behind.contains_key(m) || now.saturating_sub(*last) <= bridge);
+        let window_start = now.saturating_sub(LAG_WINDOW_HOLDS * hold);
+        self.lagged_at.retain(|_, at| {
+            while at.front().is_some_and(|&t| t <= window_start) {
+                at.pop_front();
+            }
+            !at.is_empty()
+        });
         for (member, crossed) in behind {
             self.lagging_since.entry(member).or_insert((crossed, now)).1 = now;
+            self.lagged_at.entry(member).or_default().push_back(now);
         }
     }
 
-    /// Members that have lagged without a break for at least `hold` ticks, longest first.
+    /// Members that have lagged for at least `hold` ticks without a break, longest first,
+    /// then those that lagged for `hold` ticks in all over the last `LAG_WINDOW_HOLDS` holds.
     pub(crate) fn slow(&self, now: Ticks, hold: Ticks) -> Vec<NodeId> {
         let mut slow: Vec<(Ticks, NodeId)> = self
             .lagging_since
@@ -122,14 +140,30 @@ impl AckLag {
             .map(|(&m, &(since, _))| (since, m))
             .collect();
         slow.sort_unstable();
-        slow.into_iter().map(|(_, m)| m).collect()
+        let mut slow: Vec<NodeId> = slow.into_iter().map(|(_, m)| m).collect();
+        for (&m, at) in &self.lagged_at {
+            if hold > 0 && at.len() as Ticks >= hold && !slow.contains(&m) {
+                slow.push(m);
+            }
+        }
+        slow
     }
 
     /// A new epoch: its actions start from scratch.
     pub(crate) fn clear(&mut self) {
         self.waiting.clear();
         self.lagging_since.clear();
+        self.lagged_at.clear();
     }
+}
+
+/// How [`AckLag`] judges, in ticks: an ack later than `bound` behind the others' lags; a
+/// spell survives breaks up to `bridge`; `hold` of lag makes a member slow.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LagRule {
+    pub bound: Ticks,
+    pub bridge: Ticks,
+    pub hold: Ticks,
 }
 
 /// The hold-down settings, in ticks.
@@ -223,27 +257,69 @@ mod tests {
         assert!(jittery.timeout(50, 120) == 120, "capped at the maximum");
     }
 
+    const RULE: LagRule = LagRule { bound: 20, bridge: 40, hold: 10 };
+
     #[test]
     fn a_member_lags_only_while_an_action_waits_on_it_beyond_the_bound() {
         let mut lag = AckLag::default();
         let a = Timestamp::new(5, 1);
         lag.waiting_on(a, 3, 100);
-        lag.tick(110, 20, 40, Timestamp::default());
+        lag.tick(110, RULE, Timestamp::default());
         assert!(lag.slow(110, 0).is_empty(), "10 ticks is within the bound");
-        lag.tick(130, 20, 40, Timestamp::default());
+        lag.tick(130, RULE, Timestamp::default());
         assert_eq!(lag.slow(130, 10), vec![3], "lagging since tick 120");
         assert!(lag.slow(130, 11).is_empty());
         lag.done(a);
-        lag.tick(131, 20, 40, Timestamp::default());
+        lag.tick(131, RULE, Timestamp::default());
         assert_eq!(lag.slow(131, 10), vec![3], "a short break does not end the spell");
-        lag.tick(171, 20, 40, Timestamp::default());
+        lag.tick(171, RULE, Timestamp::default());
         assert!(
             lag.slow(500, 0).is_empty(),
             "caught up for longer than the bridge: the spell is over"
         );
         lag.waiting_on(Timestamp::new(6, 2), 3, 200);
-        lag.tick(300, 20, 40, Timestamp::new(6, 2));
+        lag.tick(300, RULE, Timestamp::new(6, 2));
         assert!(lag.slow(300, 0).is_empty(), "an applied action waits on nobody");
+    }
+
+    /// Runs `ticks` ticks in which each `period` ticks a new action waits `stall` ticks on
+    /// member 3; returns the first tick at which 3 is slow.
+    fn first_slow(period: Ticks, stall: Ticks, ticks: Ticks, rule: LagRule) -> Option<Ticks> {
+        let mut lag = AckLag::default();
+        let mut seq = 0;
+        for now in 1..=ticks {
+            let phase = now % period;
+            if phase == 1 {
+                seq += 1;
+                lag.waiting_on(Timestamp::new(seq, 1), 3, now);
+            }
+            if phase == (1 + stall) % period {
+                lag.done(Timestamp::new(seq, 1));
+            }
+            lag.tick(now, rule, Timestamp::default());
+            if !lag.slow(now, rule.hold).is_empty() {
+                return Some(now);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_member_that_lags_again_and_again_is_slow_though_no_spell_is_long() {
+        // As the defaults in ticks of 10 ms: an ack 50 ms late lags, 1 s of lag is too much.
+        let rule = LagRule { bound: 5, bridge: 25, hold: 100 };
+        // Paused 400 ms of every 800: each spell is 350 ticks short of the hold and breaks
+        // for longer than the bridge.
+        let flapping = first_slow(80, 40, 2000, rule).expect("a flapping member is slow");
+        assert!(flapping <= 3 * 80 + 80, "slow after {flapping} ticks");
+        assert!(flapping > 100, "not before a hold of lag has gathered: {flapping}");
+        // Late by 150 ms on one action in every 500 ms: a healthy member's hiccups.
+        assert_eq!(first_slow(50, 15, 5000, rule), None);
+        // One long spell is slow as soon as it lasts a hold, as before.
+        let mut lag = AckLag::default();
+        lag.waiting_on(Timestamp::new(1, 1), 3, 0);
+        lag.tick(106, rule, Timestamp::default());
+        assert_eq!(lag.slow(106, 100), vec![3]);
     }
 
     #[test]

@@ -285,6 +285,21 @@ impl Replica {
         table
     }
 
+    /// Says, for the operator, why each of `failed` is about to be removed.
+    pub(super) fn log_silent(&self, failed: &[NodeId]) {
+        for &m in failed {
+            let heard = self.last_heard.get(&m).copied().unwrap_or(self.view_started);
+            let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
+            tracing::warn!(
+                node = self.id(),
+                member = m,
+                "n{m} silent for {} ms, over its failure timeout of {} ms; removing it",
+                ms(self.now.saturating_sub(heard)),
+                ms(self.silence_timeout(m)),
+            );
+        }
+    }
+
     /// Members the master has not heard from for longer than their failure timeout.
     pub(super) fn failed_members(&self) -> Vec<NodeId> {
         self.members

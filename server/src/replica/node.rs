@@ -18,7 +18,7 @@ use strstore_protocol::{
     Response, Snapshot, Timestamp, View, ViewProposal, Write, WriteOp,
 };
 
-use super::detector::{AckLag, Gaps, HoldDown};
+use super::detector::{AckLag, Gaps, HoldDown, LagRule};
 use super::state::{Limits, StringState};
 use super::view_change::Proposer;
 use super::Received;
@@ -773,8 +773,10 @@ impl Replica {
         self.now += 1;
         if self.is_master() {
             let bound = self.cfg.ack_lag_ticks;
-            let bridge = (2 * bound).max(self.cfg.ack_lag_for_ticks / 4);
-            self.ack_lag.tick(self.now, bound, bridge, self.applied_ts);
+            let hold = self.cfg.ack_lag_for_ticks;
+            let bridge = (2 * bound).max(hold / 4);
+            let rule = LagRule { bound, bridge, hold };
+            self.ack_lag.tick(self.now, rule, self.applied_ts);
         }
         self.tick_replication();
         self.tick_membership();

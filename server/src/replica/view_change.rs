@@ -88,6 +88,7 @@ impl Replica {
             // With the removals held back (see `keeping_two_members`) the proposal still goes
             // out: a master restarted into a view the others left learns so from the answers.
             let failed = self.failed_members();
+            self.log_silent(&failed);
             if !failed.is_empty() || !self.joiners.is_empty() {
                 let add = self.joiners.clone();
                 self.start_proposal(failed.into_iter().collect(), add);
