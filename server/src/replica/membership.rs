@@ -171,7 +171,11 @@ impl Replica {
             && member.id != self.id()
             && self.applied_oseq.is_empty()
         {
-            self.send_catch_up(member.id);
+            // Only to a member behind us: a catch-up of our own epoch is no news to a node
+            // in it, and each one carries the whole string.
+            if epoch < self.view.epoch {
+                self.send_catch_up(member.id);
+            }
             return;
         }
         // A member still in the epoch before ours missed the decision that started it (it
@@ -211,8 +215,22 @@ impl Replica {
         self.joiners.insert(member.id, member);
     }
 
-    /// Sends a lagging member of the current view the view and the state it starts from.
+    /// Sends a lagging member of the current view the view and the state it starts from, at
+    /// most once per longest failure timeout: it asks every heartbeat, and a state of
+    /// hundreds of megabytes sent ten times a second filled the senders' memory until the
+    /// kernel killed them.
     fn send_catch_up(&mut self, to: NodeId) {
+        let every = self.cfg.heartbeat_ticks.max(1);
+        if self.catch_ups_sent.get(&to).is_some_and(|&at| self.now < at + every) {
+            return;
+        }
+        self.catch_ups_sent.insert(to, self.now);
+        tracing::info!(
+            node = self.id(),
+            to,
+            bytes = self.state.value().len(),
+            "n{to} asked to join a view it missed; sending it the view and the state"
+        );
         let proposal = ViewProposal {
             view: self.view.clone(),
             applied_upto: self.applied_ts,

@@ -349,6 +349,8 @@ pub struct Replica {
     pub(super) fresh_incarnation: bool,
     /// Nodes seen in a newer view since this node entered its own: asked to join as well.
     pub(super) join_hints: BTreeSet<NodeId>,
+    /// When each member behind this epoch was last sent the state (`send_catch_up`).
+    pub(super) catch_ups_sent: BTreeMap<NodeId, Ticks>,
     /// When this node entered its current view.
     pub(super) view_started: Ticks,
     /// Highest ballot round seen, so a new proposal outbids every earlier one.
@@ -414,6 +416,7 @@ impl Replica {
             join_sent: 0,
             fresh_incarnation,
             join_hints: BTreeSet::new(),
+            catch_ups_sent: BTreeMap::new(),
             view_started: 0,
             ballot_round: 0,
             propose_after: 0,
@@ -1033,5 +1036,29 @@ mod tests {
             let handed = ready.messages.iter().any(|e| matches!(e.msg, PeerMsg::Decided { .. }));
             assert_eq!(handed, !fresh, "fresh = {fresh}");
         }
+    }
+
+    /// A member behind the epoch asks to join every heartbeat; each catch-up carries the
+    /// whole string. Sent at every ask (duplicates and re-sends included), a 216 MB state
+    /// queued by the hundred took two nodes to 24 GB: one per heartbeat (and the transport
+    /// queues one at a time), and none to a member of our own epoch, for which it is no news.
+    #[test]
+    fn a_member_behind_is_sent_the_state_once_per_heartbeat_not_at_every_ask() {
+        let member = Member { id: 3, peer_addr: String::new(), client_addr: String::new() };
+        let mut master = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
+        let heartbeat = master.cfg.heartbeat_ticks;
+        let ask = |master: &mut Replica, epoch| {
+            let join = PeerMsg::Join { member: member.clone(), fresh: false };
+            master.step(Envelope { from: 3, to: 1, epoch, msg: join });
+            let ready = master.take_ready();
+            ready.messages.iter().filter(|e| matches!(e.msg, PeerMsg::Decided { .. })).count()
+        };
+        let mut handed = 0;
+        for _ in 0..4 * heartbeat {
+            handed += ask(&mut master, 0) + ask(&mut master, 0);
+            master.tick();
+        }
+        assert_eq!(handed, 4, "one catch-up per heartbeat, for eight asks in each");
+        assert_eq!(ask(&mut master, 1), 0, "a member of this epoch gets none");
     }
 }

@@ -550,6 +550,7 @@ impl Replica {
         self.executed.clear();
         self.early_acks.clear();
         self.join_hints.clear();
+        self.catch_ups_sent.clear();
         self.peer_applied.clear();
         self.applied_oseq.clear();
         self.next_oseq = 1;

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use strstore_protocol::{
-    Codec, CodecError, Envelope, NodeId, PeerFrame, PeerHello, PROTOCOL_VERSION,
-};
+use strstore_protocol::{Codec, CodecError, NodeId, PeerFrame, PeerHello, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -15,6 +13,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
+use super::Queued;
 use crate::tls::identity::node_server_name;
 use crate::tls::{sniff, TlsState, HANDSHAKE_TIMEOUT};
 
@@ -59,7 +58,7 @@ impl Link {
     /// changes, so a peer that stays down or keeps refusing does not flood the log.
     pub(super) async fn run(
         self,
-        mut rx: mpsc::Receiver<Envelope>,
+        mut rx: mpsc::Receiver<Queued>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut backoff = RECONNECT_MIN;
@@ -92,7 +91,7 @@ impl Link {
     /// One connection's life. `None` when the queue closed.
     async fn connect_and_send(
         &self,
-        rx: &mut mpsc::Receiver<Envelope>,
+        rx: &mut mpsc::Receiver<Queued>,
         connected_at: &mut Option<Instant>,
         problem: &mut Problem,
     ) -> Option<LinkEnd> {
@@ -137,7 +136,7 @@ impl Link {
     async fn send_all<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: S,
-        rx: &mut mpsc::Receiver<Envelope>,
+        rx: &mut mpsc::Receiver<Queued>,
     ) -> Result<(), LinkEnd> {
         let mut framed =
             Framed::new(stream, Codec::<PeerFrame, PeerFrame>::new(self.max_frame_bytes));
@@ -146,10 +145,10 @@ impl Link {
         loop {
             tokio::select! {
                 env = rx.recv() => {
-                    let Some(env) = env else { return Ok(()) };
-                    framed.feed(PeerFrame::Msg(env)).await.map_err(|e| self.broken(e))?;
+                    let Some(queued) = env else { return Ok(()) };
+                    framed.feed(PeerFrame::Msg(queued.env)).await.map_err(|e| self.broken(e))?;
                     while let Ok(more) = rx.try_recv() {
-                        framed.feed(PeerFrame::Msg(more)).await.map_err(|e| self.broken(e))?;
+                        framed.feed(PeerFrame::Msg(more.env)).await.map_err(|e| self.broken(e))?;
                     }
                     framed.flush().await.map_err(|e| self.broken(e))?;
                 }

@@ -18,9 +18,10 @@ mod accept;
 mod link;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use strstore_protocol::{Envelope, NodeId, View};
+use strstore_protocol::{Envelope, NodeId, PeerMsg, View};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
@@ -45,8 +46,44 @@ pub struct PeerSenders {
     queues: Arc<RwLock<PeerTable>>,
 }
 
-/// Per peer: the address its link dials, and the link's queue.
-type PeerTable = BTreeMap<NodeId, (String, mpsc::Sender<Envelope>)>;
+/// Per peer: the address its link dials, the link's queue, and whether a message carrying a
+/// snapshot is in that queue.
+type PeerTable = BTreeMap<NodeId, (String, mpsc::Sender<Queued>, Arc<AtomicBool>)>;
+
+/// A message waiting for its link. One that carries a snapshot (the whole string) holds its
+/// peer's snapshot slot until the link has taken it: a peer is never sent a second state
+/// while the first is still queued, however often it asks, so a queue of a large string
+/// cannot grow without bound.
+pub(crate) struct Queued {
+    pub env: Envelope,
+    _slot: Option<SnapshotSlot>,
+}
+
+struct SnapshotSlot(Arc<AtomicBool>);
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn carries_snapshot(env: &Envelope) -> bool {
+    matches!(env.msg, PeerMsg::Decided { snapshot: Some(_), .. })
+}
+
+/// Queues `env` unless the queue is full or it carries a snapshot while another one for the
+/// same peer is still queued; whether it was queued.
+fn enqueue(q: &mpsc::Sender<Queued>, snapshot_queued: &Arc<AtomicBool>, env: Envelope) -> bool {
+    let slot = if carries_snapshot(&env) {
+        if snapshot_queued.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        Some(SnapshotSlot(Arc::clone(snapshot_queued)))
+    } else {
+        None
+    };
+    q.try_send(Queued { env, _slot: slot }).is_ok()
+}
 
 impl PeerSenders {
     /// Starts a sender task per member of `view` other than this node. Links use the TLS
@@ -68,7 +105,7 @@ impl PeerSenders {
     pub fn update(&self, view: &View) {
         let mut queues = self.queues.write().unwrap_or_else(PoisonError::into_inner);
         for m in view.members.iter().filter(|m| m.id != self.me && !m.peer_addr.is_empty()) {
-            if queues.get(&m.id).is_some_and(|(addr, _)| *addr == m.peer_addr) {
+            if queues.get(&m.id).is_some_and(|(addr, ..)| *addr == m.peer_addr) {
                 continue;
             }
             let Some(tls) = self.tls.clone() else {
@@ -84,7 +121,7 @@ impl PeerSenders {
                 tls,
             };
             tokio::spawn(link.run(rx, self.shutdown.clone()));
-            queues.insert(m.id, (m.peer_addr.clone(), tx));
+            queues.insert(m.id, (m.peer_addr.clone(), tx, Arc::default()));
         }
     }
 
@@ -92,12 +129,53 @@ impl PeerSenders {
     pub fn send(&self, env: Envelope) {
         let queues = self.queues.read().unwrap_or_else(PoisonError::into_inner);
         match queues.get(&env.to) {
-            Some((_, q)) => {
-                if q.try_send(env).is_err() {
+            Some((_, q, snapshot_queued)) => {
+                if !enqueue(q, snapshot_queued, env) {
                     debug!("peer queue full or closed; message dropped (the protocol re-sends)");
                 }
             }
             None => debug!(to = env.to, "message for an unknown peer dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strstore_protocol::{Snapshot, ViewProposal};
+
+    fn decided(snapshot: Option<Snapshot>) -> Envelope {
+        let view = View { epoch: 1, master: 1, members: Vec::new(), limits: Default::default() };
+        let proposal = ViewProposal {
+            view,
+            applied_upto: Default::default(),
+            committed: Vec::new(),
+            joiners: vec![2],
+        };
+        let msg = PeerMsg::Decided { proposal, snapshot: snapshot.map(Box::new) };
+        Envelope { from: 1, to: 2, epoch: 1, msg }
+    }
+
+    /// A member asking to join every heartbeat was sent the whole string each time; queued
+    /// by the hundred, 216 MB states took two nodes to 24 GB. One at a time per peer.
+    #[test]
+    fn a_peer_has_at_most_one_snapshot_queued() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let slot = Arc::new(AtomicBool::new(false));
+        let state = || {
+            Some(Snapshot {
+                epoch: 1,
+                applied: Default::default(),
+                value: Default::default(),
+                sessions: Vec::new(),
+                writes_applied: 0,
+                digest: Default::default(),
+            })
+        };
+        assert!(enqueue(&tx, &slot, decided(state())));
+        assert!(!enqueue(&tx, &slot, decided(state())), "a second state waits for the first");
+        assert!(enqueue(&tx, &slot, decided(None)), "other messages are not held back");
+        drop(rx.try_recv().expect("the first state"));
+        assert!(enqueue(&tx, &slot, decided(state())), "once the link took it, the next may go");
     }
 }
