@@ -15,6 +15,10 @@ use strstore_protocol::{
 use super::detector::{Gaps, HoldDownConfig};
 use super::node::{Replica, Ticks};
 
+/// Longest failure timeouts a member the view just added may stay silent (see
+/// `removal_timeout`).
+const NEWCOMER_GRACE: Ticks = 4;
+
 impl Replica {
     pub(super) fn tick_membership(&mut self) {
         if self.now < self.next_heartbeat {
@@ -89,6 +93,7 @@ impl Replica {
             return;
         }
         if epoch == self.view.epoch && self.view.contains(from) {
+            self.newcomers.remove(&from);
             self.last_heard.insert(from, self.now);
             self.heard(from);
             self.member_health.insert(from, health);
@@ -313,8 +318,22 @@ impl Replica {
                 member = m,
                 "n{m} silent for {} ms, over its failure timeout of {} ms; removing it",
                 ms(self.now.saturating_sub(heard)),
-                ms(self.silence_timeout(m)),
+                ms(self.removal_timeout(m)),
             );
+        }
+    }
+
+    /// The silence after which the master removes member `m`. A node this view added has
+    /// the state to install first (hundreds of megabytes, for a large string), which keeps
+    /// it silent for longer than a failure timeout: judged by that, it was removed again
+    /// every time it was added, for good. Until its first heartbeat in the view it gets
+    /// `NEWCOMER_GRACE` longest failure timeouts.
+    fn removal_timeout(&self, m: NodeId) -> Ticks {
+        let timeout = self.silence_timeout(m);
+        if self.newcomers.contains(&m) {
+            timeout.max(NEWCOMER_GRACE * self.cfg.failure_ticks)
+        } else {
+            timeout
         }
     }
 
@@ -326,7 +345,7 @@ impl Replica {
             .filter(|&m| m != self.id())
             .filter(|&m| {
                 let heard = self.last_heard.get(&m).copied().unwrap_or(self.view_started);
-                self.now.saturating_sub(heard) > self.silence_timeout(m)
+                self.now.saturating_sub(heard) > self.removal_timeout(m)
             })
             .collect()
     }

@@ -351,6 +351,8 @@ pub struct Replica {
     pub(super) join_hints: BTreeSet<NodeId>,
     /// When each member behind this epoch was last sent the state (`send_catch_up`).
     pub(super) catch_ups_sent: BTreeMap<NodeId, Ticks>,
+    /// Members this view added that have not heartbeat in it yet (they install the state).
+    pub(super) newcomers: BTreeSet<NodeId>,
     /// When this node entered its current view.
     pub(super) view_started: Ticks,
     /// Highest ballot round seen, so a new proposal outbids every earlier one.
@@ -417,6 +419,7 @@ impl Replica {
             fresh_incarnation,
             join_hints: BTreeSet::new(),
             catch_ups_sent: BTreeMap::new(),
+            newcomers: BTreeSet::new(),
             view_started: 0,
             ballot_round: 0,
             propose_after: 0,
@@ -1060,5 +1063,19 @@ mod tests {
         }
         assert_eq!(handed, 4, "one catch-up per heartbeat, for eight asks in each");
         assert_eq!(ask(&mut master, 1), 0, "a member of this epoch gets none");
+    }
+
+    /// A node a view just added installs the state before it heartbeats: with a 250 MB
+    /// string that took longer than a failure timeout, and the master removed it every time
+    /// it was added. Until its first heartbeat it gets four longest failure timeouts.
+    #[test]
+    fn a_member_just_added_is_not_judged_silent_while_it_installs_the_state() {
+        let mut master = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
+        master.newcomers.insert(3);
+        let grace = 4 * master.cfg.failure_ticks;
+        master.now = master.view_started + 2 * master.cfg.failure_ticks;
+        assert_eq!(master.failed_members(), vec![2], "n2 is judged by its timeout, n3 not yet");
+        master.now = master.view_started + grace + 1;
+        assert_eq!(master.failed_members(), vec![2, 3]);
     }
 }

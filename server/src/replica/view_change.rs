@@ -580,6 +580,9 @@ impl Replica {
                 self.hold_down.hold_of(m.id, hold) * self.cfg.tick_ms
             );
         }
+        let me = self.id();
+        self.newcomers =
+            view.ids().into_iter().filter(|&m| m != me && !self.view.contains(m)).collect();
         self.ack_lag.clear();
         self.gaps.values_mut().for_each(|g| g.restart());
         self.departed.retain(|id, _| !view.contains(*id));
