@@ -116,25 +116,27 @@ pub fn apply(backend: &mut Backend, fault: &Fault, nodes: &[NodeInfo]) -> anyhow
 }
 
 /// Keeps the fault in place until `until` (or `stop`): most faults just stay; a flapping
-/// node is paused and resumed in turn.
+/// node is paused and resumed in turn. Returns how many pauses a flapping node went through.
 pub fn hold(
     backend: &mut Backend,
     fault: &Fault,
     until: Instant,
     stop: &AtomicBool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u32> {
     let Fault::Flap(victim, paused) = fault else {
         pause_until(until, stop);
-        return Ok(());
+        return Ok(0);
     };
+    let mut pauses = 0;
     while Instant::now() + *paused < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
         backend.pause(*victim)?;
         std::thread::sleep(*paused);
         backend.resume(*victim)?;
+        pauses += 1;
         pause_until((Instant::now() + *paused).min(until), stop);
     }
     pause_until(until, stop);
-    Ok(())
+    Ok(pauses)
 }
 
 pub fn heal(backend: &mut Backend, fault: &Fault) -> anyhow::Result<()> {
@@ -155,16 +157,21 @@ pub fn heal(backend: &mut Backend, fault: &Fault) -> anyhow::Result<()> {
     }
 }
 
-/// Evidence that `fault`, still in place, acts: read before [`heal`] removes it. An empty
-/// answer means the fault did nothing measurable, which the report flags.
-pub fn evidence(backend: &Backend, fault: &Fault, nodes: &[NodeInfo]) -> Option<String> {
+/// Evidence that `fault`, still in place, acts: read before [`heal`] removes it; `pauses`
+/// is what [`hold`] returned. An empty answer means the fault did nothing measurable, which
+/// the report flags.
+pub fn evidence(
+    backend: &Backend,
+    fault: &Fault,
+    nodes: &[NodeInfo],
+    pauses: u32,
+) -> Option<String> {
     match fault {
         Fault::Kill(victims) => silent(nodes, victims, "down"),
         Fault::Pause(victim) => silent(nodes, &[*victim], "paused"),
         // Between pauses the node answers; that it was paused is the backend's word.
-        Fault::Flap(victim, paused) => {
-            Some(format!("n{victim} paused {} ms at a time", paused.as_millis()))
-        }
+        Fault::Flap(victim, paused) => (pauses > 0)
+            .then(|| format!("n{victim} paused {pauses} times, {} ms each", paused.as_millis())),
         Fault::Partition(_) | Fault::Loss(_) | Fault::Lossy(..) => {
             let dropped: u64 = nodes.iter().map(|n| dropped_packets(backend, n.id)).sum();
             (dropped > 0).then(|| format!("nftables dropped {dropped} packets"))
@@ -176,9 +183,13 @@ pub fn evidence(backend: &Backend, fault: &Fault, nodes: &[NodeInfo]) -> Option<
                 .fold((0, 0), |(o, d), (o2, d2)| (o + o2, d + d2));
             (over > 0).then(|| format!("tc: {over} packets over the rate, {dropped} dropped"))
         }
+        // On now: the node logged the point on more often than off (each heal logs off).
         Fault::SlowDisk(victim, _) => backend
             .node_log(*victim)
-            .filter(|log| log.contains("failpoint on point=\"wal-sync\""))
+            .filter(|log| {
+                let on = log.matches("failpoint on point=\"wal-sync\"").count();
+                on > log.matches("failpoint off point=wal-sync").count()
+            })
             .map(|_| format!("n{victim} logged its wal-sync failpoint on")),
     }
 }

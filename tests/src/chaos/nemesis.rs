@@ -155,8 +155,9 @@ impl NemesisPlan {
             let applied = faults::apply(backend, &drawn.fault, &self.nodes);
             let mut effect = None;
             if applied.is_ok() {
-                faults::hold(backend, &drawn.fault, (began + drawn.hold).min(last_start), stop)?;
-                effect = self.evidence(backend, &drawn);
+                let until = (began + drawn.hold).min(last_start);
+                let pauses = faults::hold(backend, &drawn.fault, until, stop)?;
+                effect = self.evidence(backend, &drawn, pauses);
             }
             let healed = faults::heal(backend, &drawn.fault);
             let ended = Instant::now();
@@ -190,8 +191,8 @@ impl NemesisPlan {
 
     /// What shows that the fault acts, read before it is healed (see [`faults::evidence`]);
     /// for an isolated master, also the view change the others made without it.
-    fn evidence(&self, backend: &Backend, drawn: &Drawn) -> Option<String> {
-        let seen = faults::evidence(backend, &drawn.fault, &self.nodes)?;
+    fn evidence(&self, backend: &Backend, drawn: &Drawn, pauses: u32) -> Option<String> {
+        let seen = faults::evidence(backend, &drawn.fault, &self.nodes, pauses)?;
         let Some(master) = drawn.master_isolated else { return Some(seen) };
         let others: Vec<NodeId> =
             self.nodes.iter().map(|n| n.id).filter(|&id| id != master).collect();
