@@ -6,14 +6,18 @@
 //!   ([`PeerMsg`] inside an [`Envelope`]) and the handshakes that open each connection.
 //! - [`codec`]: length-delimited frames holding one postcard-encoded message each, with an
 //!   explicit maximum frame size. Decoding is total: bad input is a typed [`CodecError`].
+//! - [`chunks`]: [`Chunks`], a byte string in shared pieces (a snapshot's string), encoded
+//!   as one byte string.
 //! - [`error`]: [`Error`], the serializable error a node returns to a client.
 //!
 //! This crate does no I/O beyond the codec; the server and client crates own sockets.
 
+pub mod chunks;
 pub mod codec;
 pub mod error;
 pub mod message;
 
+pub use chunks::Chunks;
 pub use codec::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES};
 pub use error::Error;
 pub use message::*;

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Chunks, Error};
 
 /// Identifies a node for its whole life, across restarts. Printed as `n<id>`.
 pub type NodeId = u64;
@@ -481,8 +481,8 @@ pub struct Snapshot {
     pub epoch: Epoch,
     /// Last action applied into `value`.
     pub applied: Timestamp,
-    /// The string.
-    pub value: Bytes,
+    /// The string, in pieces shared with the state it was taken from.
+    pub value: Chunks,
     /// Exactly-once table: `(client, last seq, result, last used)`.
     pub sessions: Vec<SessionEntry>,
     /// Writes applied in total (the exactly-once expiry clock).

@@ -48,6 +48,20 @@ pub enum Input {
     LogFailed(crate::log::LogError),
 }
 
+impl Input {
+    /// A name for logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Input::Request { .. } => "client request",
+            Input::Status { .. } => "status",
+            Input::Inspect { .. } => "inspect",
+            Input::Peer(_) => "peer message",
+            Input::Synced { .. } => "log synced",
+            Input::LogFailed(_) => "log failure",
+        }
+    }
+}
+
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -204,7 +218,7 @@ async fn run_life(
         members = ?cfg.peers.keys().collect::<Vec<_>>(),
         data_dir = %cfg.data_dir.display(),
         applied_actions = stats.applied_actions,
-        string_bytes = replica.value().len(),
+        string_bytes = replica.string_len(),
         "node starting"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -309,6 +323,56 @@ async fn watch_sighup(tls: Option<TlsState>, mut shutdown: watch::Receiver<bool>
     }
 }
 
+/// An engine step longer than this is logged: while the engine works, this node sends no
+/// heartbeat, so a step near the failure timeout gets the node removed for silence.
+const STALL_WARN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What woke the engine. Lives on the stack for one step, so the large variant costs nothing
+/// that boxing it (an allocation per input) would save.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Input(Input),
+    Tick,
+    Health,
+}
+
+/// Warns of engine steps longer than [`STALL_WARN`]: at once for a new longest one, else at
+/// most every [`STALL_WARN_EVERY`], counting those in between.
+#[derive(Default)]
+struct StallWatch {
+    longest: std::time::Duration,
+    last_warned: Option<std::time::Instant>,
+    unreported: u64,
+}
+
+/// How often a node that keeps stalling says so.
+const STALL_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl StallWatch {
+    fn observe(&mut self, took: std::time::Duration, what: &'static str, string_bytes: usize) {
+        if took < STALL_WARN {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let record = took > self.longest;
+        let due = self.last_warned.is_none_or(|t| now.duration_since(t) >= STALL_WARN_EVERY);
+        self.longest = self.longest.max(took);
+        if !(record || due) {
+            self.unreported += 1;
+            return;
+        }
+        warn!(
+            took_ms = took.as_millis() as u64,
+            handling = what,
+            string_bytes,
+            longest_ms = self.longest.as_millis() as u64,
+            stalls_not_reported = std::mem::take(&mut self.unreported),
+            "the engine was busy for long: no heartbeats went out meanwhile"
+        );
+        self.last_warned = Some(now);
+    }
+}
+
 /// The engine task's state.
 struct Engine {
     replica: Replica,
@@ -354,9 +418,10 @@ impl Engine {
         let mut health = tokio::time::interval(HEALTH_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut room_check = tokio::time::interval(ROOM_CHECK_EVERY);
+        let mut stalls = StallWatch::default();
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 _ = room_check.tick(), if self.failed.as_ref().is_some_and(|f| f.disk_full) => {
@@ -365,39 +430,61 @@ impl Engine {
                     }
                     continue;
                 }
-                input = inbox.recv() => {
-                    let Some(input) = input else { break };
-                    self.handle(input);
-                    for _ in 1..MAX_INPUTS_PER_STEP {
-                        match inbox.try_recv() {
-                            Ok(input) => self.handle(input),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                _ = ticker.tick(), if self.failed.is_none() => {
-                    self.replica.tick();
-                    self.submit_deferred_commits();
-                }
-                _ = health.tick(), if self.failed.is_none() => {
-                    let sample = self.health.sample(self.replica.log_len());
-                    self.replica.set_health(sample);
-                }
-            }
-            // Messages routed to ourselves without a trip through the log writer may produce
-            // more output at once.
-            while self.failed.is_none() {
-                self.replica.propose();
-                let ready = self.replica.take_ready();
-                if ready.is_empty() {
-                    break;
-                }
-                self.dispatch(ready);
-            }
+                input = inbox.recv() => match input {
+                    Some(input) => Wake::Input(input),
+                    None => break,
+                },
+                _ = ticker.tick(), if self.failed.is_none() => Wake::Tick,
+                _ = health.tick(), if self.failed.is_none() => Wake::Health,
+            };
+            let started = std::time::Instant::now();
+            let what = self.wake(wake, &mut inbox);
+            self.drain_ready();
+            stalls.observe(started.elapsed(), what, self.replica.string_len());
         }
         info!("shutting down: no new requests; flushing the log");
         self.submit_deferred_commits();
         (self.writer, Stopped::Shutdown)
+    }
+
+    /// Does what woke the engine; says what it was, for the stall warning.
+    fn wake(&mut self, wake: Wake, inbox: &mut mpsc::Receiver<Input>) -> &'static str {
+        match wake {
+            Wake::Input(input) => {
+                let what = input.kind();
+                self.handle(input);
+                for _ in 1..MAX_INPUTS_PER_STEP {
+                    match inbox.try_recv() {
+                        Ok(input) => self.handle(input),
+                        Err(_) => break,
+                    }
+                }
+                what
+            }
+            Wake::Tick => {
+                self.replica.tick();
+                self.submit_deferred_commits();
+                "tick"
+            }
+            Wake::Health => {
+                let sample = self.health.sample(self.replica.log_len());
+                self.replica.set_health(sample);
+                "health sample"
+            }
+        }
+    }
+
+    /// Hands on everything the engine has to say. Messages routed to ourselves without a trip
+    /// through the log writer may produce more output at once.
+    fn drain_ready(&mut self) {
+        while self.failed.is_none() {
+            self.replica.propose();
+            let ready = self.replica.take_ready();
+            if ready.is_empty() {
+                break;
+            }
+            self.dispatch(ready);
+        }
     }
 
     /// The log failed: nothing more can be made durable, so the node must not ack, vote or

@@ -233,7 +233,7 @@ impl Replica {
         tracing::info!(
             node = self.id(),
             to,
-            bytes = self.state.value().len(),
+            bytes = self.state.text().len(),
             "n{to} asked to join a view it missed; sending it the view and the state"
         );
         let proposal = ViewProposal {

@@ -29,6 +29,7 @@ mod node;
 mod received;
 mod replication;
 pub mod state;
+mod text;
 mod view_change;
 
 pub use node::{

@@ -544,9 +544,14 @@ impl Replica {
         self.cfg.me.id
     }
 
-    /// The applied string.
-    pub fn value(&self) -> &[u8] {
-        self.state.value()
+    /// A copy of the applied string.
+    pub fn value(&self) -> bytes::Bytes {
+        self.state.share_value().to_bytes()
+    }
+
+    /// Bytes in the applied string.
+    pub fn string_len(&self) -> usize {
+        self.state.text().len()
     }
 
     /// Fingerprint of every action applied so far.
@@ -818,7 +823,7 @@ impl Replica {
             digest: self.state.digest(),
             content: self.state.content_digest(),
             limits: self.view.limits,
-            value: self.state.snapshot_value(),
+            value: self.state.share_value().to_bytes(),
         }
     }
 
@@ -851,7 +856,7 @@ mod tests {
     fn single_node_commits_its_own_durable_action_on_restart() {
         let restored = own_uncommitted_action();
         let replica = Replica::new(Config::new(1, vec![1]), restored);
-        assert_eq!(replica.value(), b"a");
+        assert_eq!(&replica.value()[..], b"a");
         assert_eq!(replica.digest().actions, 1);
     }
 
@@ -860,7 +865,7 @@ mod tests {
     fn member_keeps_its_own_uncommitted_action_in_flight_on_restart() {
         let restored = own_uncommitted_action();
         let replica = Replica::new(Config::new(1, vec![1, 2, 3]), restored);
-        assert_eq!(replica.value(), b"");
+        assert_eq!(&replica.value()[..], b"");
         assert_eq!(replica.stats().in_flight, 1);
     }
 
@@ -893,7 +898,7 @@ mod tests {
         // Each 1-byte append logs 1 + 32 bytes; 4 * 33 * k >= 4096 + k first holds at k = 32.
         let taken: Vec<usize> =
             (2..=40).map(|seq| write_alone(&mut replica, seq, Op::Append("a".into()))).collect();
-        assert_eq!(replica.value().len(), 4096 + 39);
+        assert_eq!(replica.string_len(), 4096 + 39);
         assert_eq!(taken.iter().sum::<usize>(), 1, "one snapshot in 39 appends: {taken:?}");
         assert_eq!(taken.iter().position(|n| *n == 1), Some(31), "at the 32nd append");
     }
@@ -934,7 +939,7 @@ mod tests {
             }
         }
         for node in &nodes {
-            assert_eq!(node.value(), b"ab", "n{} applied the append", node.id());
+            assert_eq!(&node.value()[..], b"ab", "n{} applied the append", node.id());
         }
         (replies, commits)
     }

@@ -289,16 +289,15 @@ impl Replica {
     fn answer_reads(&mut self, gets: Vec<(WaiterId, ReqSeq, Op)>) {
         let mut whole: Option<Bytes> = None;
         for (waiter, seq, read) in gets {
-            let value = self.state.value();
             let response = match read {
-                Op::Len => Response::Len(value.len() as u64),
+                Op::Len => Response::Len(self.state.text().len() as u64),
                 Op::GetRange { offset, len } => {
-                    let start = offset.min(value.len() as u64) as usize;
-                    let end = offset.saturating_add(len).min(value.len() as u64) as usize;
-                    Response::Value(Bytes::copy_from_slice(&value[start..end]))
+                    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                    let end = usize::try_from(offset.saturating_add(len)).unwrap_or(usize::MAX);
+                    Response::Value(self.state.text().slice(start, end).into())
                 }
                 _ => Response::Value(
-                    whole.get_or_insert_with(|| self.state.snapshot_value()).clone(),
+                    whole.get_or_insert_with(|| self.state.share_value().to_bytes()).clone(),
                 ),
             };
             self.reply(waiter, seq, Ok(response));
@@ -337,7 +336,7 @@ impl Replica {
     /// price of a log (and a replay at restart) of up to a quarter of the string's size.
     fn maybe_snapshot(&mut self) {
         let every = self.cfg.snapshot_every;
-        let size = self.state.value().len() as u64;
+        let size = self.state.text().len() as u64;
         if every > 0
             && self.since_snapshot >= every
             && self.logged_since_snapshot.saturating_mul(SNAPSHOT_LOG_RATIO) >= size

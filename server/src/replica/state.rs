@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strstore_protocol::{
-    AppliedDigest, ClientId, Epoch, Error, ReqSeq, SessionEntry, Snapshot, Timestamp, Write,
-    WriteOp,
+    AppliedDigest, Chunks, ClientId, Epoch, Error, ReqSeq, SessionEntry, Snapshot, Timestamp,
+    Write, WriteOp,
 };
+
+use super::text::Text;
 
 /// A client's entry in the exactly-once table is forgotten after this many applied writes
 /// without use. Counted in writes, never wall time, so every node forgets at the same point.
@@ -55,9 +56,9 @@ impl Applied {
 }
 
 /// The string and the exactly-once table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StringState {
-    value: Vec<u8>,
+    text: Text,
     sessions: HashMap<ClientId, Session>,
     /// Writes applied so far (fresh or not): the clock for session expiry.
     writes_applied: u64,
@@ -68,13 +69,13 @@ pub struct StringState {
 
 impl StringState {
     /// The current string.
-    pub fn value(&self) -> &[u8] {
-        &self.value
+    pub fn text(&self) -> &Text {
+        &self.text
     }
 
-    /// A copy of the current string, for a `get` reply.
-    pub fn snapshot_value(&self) -> Bytes {
-        Bytes::copy_from_slice(&self.value)
+    /// The current string, sharing its memory (see [`Text::share`]).
+    pub fn share_value(&self) -> Chunks {
+        self.text.share()
     }
 
     /// The outcome a request `(client, seq)` would get from the table alone, if it is already
@@ -117,18 +118,15 @@ impl StringState {
             });
         }
         let new_len = match op {
-            WriteOp::Append(v) => self.value.len() as u64 + v.len() as u64,
+            WriteOp::Append(v) => self.text.len() as u64 + v.len() as u64,
             WriteOp::Set(v) => v.len() as u64,
         };
         if new_len > limits.max_string_bytes {
             return Err(Error::StringTooLarge { would_be: new_len, max: limits.max_string_bytes });
         }
         match op {
-            WriteOp::Append(v) => self.value.extend_from_slice(v),
-            WriteOp::Set(v) => {
-                self.value.clear();
-                self.value.extend_from_slice(v);
-            }
+            WriteOp::Append(v) => self.text.append(v),
+            WriteOp::Set(v) => self.text.set(v),
         }
         Ok(new_len)
     }
@@ -154,7 +152,7 @@ impl StringState {
     /// `inspect`, not on the write path.
     pub fn content_digest(&self) -> u64 {
         let mut h = ContentHash::default();
-        h.bytes(&self.value);
+        h.pieces(self.text.len(), self.text.pieces());
         h.word(self.writes_applied);
         let mut clients: Vec<&ClientId> = self.sessions.keys().collect();
         clients.sort_unstable();
@@ -184,7 +182,7 @@ impl StringState {
         Snapshot {
             epoch,
             applied,
-            value: self.snapshot_value(),
+            value: self.share_value(),
             sessions,
             writes_applied: self.writes_applied,
             digest: self.digest,
@@ -194,7 +192,7 @@ impl StringState {
     /// Rebuilds the state a snapshot describes.
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
         Self {
-            value: snapshot.value.to_vec(),
+            text: Text::from_chunks(snapshot.value.clone()),
             sessions: snapshot
                 .sessions
                 .iter()
@@ -221,14 +219,30 @@ impl ContentHash {
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
-        self.word(bytes.len() as u64);
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        self.pieces(bytes.len(), [bytes]);
+    }
+
+    /// Hashes the concatenation of `pieces` (`len` bytes in all) as [`ContentHash::bytes`]
+    /// would hash it in one slice: 8-byte words, the last one padded with zeros.
+    fn pieces<'a>(&mut self, len: usize, pieces: impl IntoIterator<Item = &'a [u8]>) {
+        self.word(len as u64);
+        let mut word = [0u8; 8];
+        let mut filled = 0;
+        for piece in pieces {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let take = (8 - filled).min(rest.len());
+                word[filled..filled + take].copy_from_slice(&rest[..take]);
+                filled += take;
+                rest = &rest[take..];
+                if filled == 8 {
+                    self.word(u64::from_le_bytes(word));
+                    filled = 0;
+                }
+            }
         }
-        let mut last = [0u8; 8];
-        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        self.word(u64::from_le_bytes(last));
+        word[filled..].fill(0);
+        self.word(u64::from_le_bytes(word));
     }
 
     fn finish(&self) -> u64 {
@@ -262,12 +276,12 @@ mod tests {
             s.apply(&write(1, 2, WriteOp::Append("c".into())), &Limits::default()),
             Applied::Fresh(Ok(3))
         );
-        assert_eq!(s.value(), b"abc");
+        assert_eq!(s.text().to_vec(), b"abc");
         assert_eq!(
             s.apply(&write(2, 1, WriteOp::Set("z".into())), &Limits::default()),
             Applied::Fresh(Ok(1))
         );
-        assert_eq!(s.value(), b"z");
+        assert_eq!(s.text().to_vec(), b"z");
     }
 
     #[test]
@@ -279,13 +293,13 @@ mod tests {
             s.apply(&write(1, 1, WriteOp::Append("a".into())), &Limits::default()),
             Applied::Duplicate(Ok(1))
         );
-        assert_eq!(s.value(), b"ab");
+        assert_eq!(s.text().to_vec(), b"ab");
         s.apply(&write(1, 2, WriteOp::Append("c".into())), &Limits::default());
         assert_eq!(
             s.apply(&write(1, 1, WriteOp::Append("a".into())), &Limits::default()),
             Applied::Superseded
         );
-        assert_eq!(s.value(), b"abc");
+        assert_eq!(s.text().to_vec(), b"abc");
     }
 
     #[test]
@@ -309,7 +323,7 @@ mod tests {
         assert_ne!(a.content_digest(), b.content_digest(), "string differs");
         let mut c = StringState::default();
         c.apply(&write(2, 1, WriteOp::Append("abc".into())), &limits);
-        assert_eq!(a.value(), c.value());
+        assert_eq!(a.text().to_vec(), c.text().to_vec());
         assert_ne!(a.content_digest(), c.content_digest(), "exactly-once table differs");
         let back = StringState::from_snapshot(&a.to_snapshot(1, Timestamp::new(1, 1)));
         assert_eq!(back.content_digest(), a.content_digest());
@@ -324,6 +338,6 @@ mod tests {
         assert_eq!(r, Applied::Fresh(Err(Error::StringTooLarge { would_be: 7, max: 6 })));
         let r = s.apply(&write(1, 3, WriteOp::Set("12345".into())), &small);
         assert_eq!(r, Applied::Fresh(Err(Error::ValueTooLarge { size: 5, max: 4 })));
-        assert_eq!(s.value(), b"abcd");
+        assert_eq!(s.text().to_vec(), b"abcd");
     }
 }

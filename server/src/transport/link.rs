@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
+use strstore_protocol::codec::encode_frame;
 use strstore_protocol::{Codec, CodecError, NodeId, PeerFrame, PeerHello, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -13,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
-use super::Queued;
+use super::{carries_snapshot, Queued};
 use crate::tls::identity::node_server_name;
 use crate::tls::{sniff, TlsState, HANDSHAKE_TIMEOUT};
 
@@ -43,6 +45,8 @@ struct Problem {
     message: Option<String>,
     refused: bool,
 }
+
+type PeerFramed<S> = Framed<S, Codec<PeerFrame, PeerFrame>>;
 
 /// One outgoing link.
 pub(super) struct Link {
@@ -138,23 +142,47 @@ impl Link {
         stream: S,
         rx: &mut mpsc::Receiver<Queued>,
     ) -> Result<(), LinkEnd> {
-        let mut framed =
-            Framed::new(stream, Codec::<PeerFrame, PeerFrame>::new(self.max_frame_bytes));
+        let mut framed: PeerFramed<S> = Framed::new(stream, Codec::new(self.max_frame_bytes));
         let hello = PeerFrame::Hello(PeerHello { version: PROTOCOL_VERSION, node: self.me });
         framed.send(hello).await.map_err(|e| self.broken(e))?;
         loop {
             tokio::select! {
                 env = rx.recv() => {
                     let Some(queued) = env else { return Ok(()) };
-                    framed.feed(PeerFrame::Msg(queued.env)).await.map_err(|e| self.broken(e))?;
+                    self.feed(&mut framed, queued).await?;
                     while let Ok(more) = rx.try_recv() {
-                        framed.feed(PeerFrame::Msg(more.env)).await.map_err(|e| self.broken(e))?;
+                        self.feed(&mut framed, more).await?;
                     }
                     framed.flush().await.map_err(|e| self.broken(e))?;
                 }
                 frame = framed.next() => return Err(self.answered(frame)),
             }
         }
+    }
+
+    /// Adds one message to the batch being written. A message carrying a snapshot (the whole
+    /// string) is encoded on a blocking thread and written past the codec: encoding it here
+    /// would hold the runtime's thread, which also runs this node's engine and heartbeats,
+    /// for as long as copying the string takes (a second for a few hundred MB).
+    async fn feed<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        framed: &mut PeerFramed<S>,
+        queued: Queued,
+    ) -> Result<(), LinkEnd> {
+        if !carries_snapshot(&queued.env) {
+            return framed.feed(PeerFrame::Msg(queued.env)).await.map_err(|e| self.broken(e));
+        }
+        framed.flush().await.map_err(|e| self.broken(e))?;
+        let max = self.max_frame_bytes;
+        let env = queued.env;
+        let frame = tokio::task::spawn_blocking(move || {
+            let mut frame = BytesMut::new();
+            encode_frame(&PeerFrame::Msg(env), &mut frame, max).map(|()| frame)
+        })
+        .await
+        .expect("encoding a frame does not panic")
+        .map_err(|e| self.broken(e))?;
+        framed.get_mut().write_all(&frame).await.map_err(|e| self.broken(e.into()))
     }
 
     /// What a frame (or the end of the stream) from the acceptor means.

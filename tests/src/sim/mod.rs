@@ -798,7 +798,7 @@ impl<'a> Sim<'a> {
                 .values()
                 .next()
                 .and_then(|n| n.replica.as_ref())
-                .map_or(0, |r| r.value().len()),
+                .map_or(0, |r| r.string_len()),
         }
     }
 }
