@@ -20,7 +20,7 @@ use tracing::debug;
 use crate::edge::reader::{FrameReader, ReadError, RequestBudget};
 use crate::edge::slots::{Admission, Shed, Slot, Slots};
 use crate::edge::throttle::Throttle;
-use crate::server::Input;
+use crate::inbox::Input;
 use crate::tls::identity::{certified_role, ClientRole};
 use crate::tls::sniff::{self, Opening};
 use crate::tls::{TlsState, HANDSHAKE_TIMEOUT};

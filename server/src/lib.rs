@@ -20,6 +20,7 @@ pub mod edge;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod health;
+pub mod inbox;
 pub mod log;
 pub mod log_writer;
 pub mod replica;

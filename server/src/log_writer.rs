@@ -20,9 +20,9 @@ use strstore_protocol::Envelope;
 use tokio::sync::mpsc;
 use tracing::error;
 
+use crate::inbox::Input;
 use crate::log::{LogError, LogStore};
 use crate::replica::LogRecord;
-use crate::server::Input;
 
 /// Longest a deferred batch of commit records stays unsynced when nothing else comes.
 pub const IDLE_SYNC: Duration = Duration::from_millis(5);

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strstore_protocol::{Envelope, NodeSettings, Request, ServerFrame};
+use strstore_protocol::{Envelope, NodeSettings, ServerFrame};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -18,6 +18,7 @@ use crate::edge::reader::RequestBudget;
 use crate::edge::slots::Slots;
 use crate::edge::throttle::Throttle;
 use crate::health::Sampler;
+use crate::inbox::Input;
 use crate::log_writer::{LogJob, LogWriter};
 use crate::replica::{LogRecord, Ready, Replica, WaiterId};
 use crate::storage::{self, Storage, StorageError};
@@ -31,36 +32,6 @@ const INBOX_CAPACITY: usize = 65_536;
 /// Most inputs handled before the engine cuts an action, so batches stay bounded and ticks
 /// are not starved.
 const MAX_INPUTS_PER_STEP: usize = 4096;
-
-/// What reaches the engine task.
-pub enum Input {
-    /// A client request and where its reply goes.
-    Request { req: Request, reply: mpsc::UnboundedSender<ServerFrame> },
-    /// A client asks for the cluster status.
-    Status { reply: mpsc::UnboundedSender<ServerFrame> },
-    /// `strstore-cli inspect`: this node's own replica state.
-    Inspect { reply: mpsc::UnboundedSender<ServerFrame> },
-    /// A message from a peer.
-    Peer(Envelope),
-    /// The log writer made `jobs` more jobs durable and released their messages, in order.
-    Synced { jobs: usize, messages: Vec<Envelope> },
-    /// The log writer could not write or sync; it has stopped.
-    LogFailed(crate::log::LogError),
-}
-
-impl Input {
-    /// A name for logs.
-    fn kind(&self) -> &'static str {
-        match self {
-            Input::Request { .. } => "client request",
-            Input::Status { .. } => "status",
-            Input::Inspect { .. } => "inspect",
-            Input::Peer(_) => "peer message",
-            Input::Synced { .. } => "log synced",
-            Input::LogFailed(_) => "log failure",
-        }
-    }
-}
 
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +195,8 @@ async fn run_life(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
     let peers = spawn_io(cfg, listeners, edge, tls, replica.view(), &inbox_tx, &stop_rx);
+    let sampler = Sampler::new(&cfg.data_dir);
+    tokio::spawn(sampler.run_every(HEALTH_EVERY, inbox_tx.clone(), stop_rx.clone()));
     let writer = LogWriter::spawn(log, inbox_tx);
     info!(client = %listeners.bound.client, peer = ?listeners.bound.peer, "node ready");
     let engine = Engine {
@@ -232,7 +205,6 @@ async fn run_life(
         peers,
         waiters: HashMap::new(),
         next_waiter: 1,
-        health: Sampler::new(&cfg.data_dir),
         deferred_commits: Vec::new(),
         unsynced_jobs: 0,
         settings: node_settings(cfg),
@@ -333,7 +305,6 @@ const STALL_WARN: std::time::Duration = std::time::Duration::from_millis(100);
 enum Wake {
     Input(Input),
     Tick,
-    Health,
 }
 
 /// Warns of engine steps longer than [`STALL_WARN`]: at once for a new longest one, else at
@@ -380,7 +351,6 @@ struct Engine {
     peers: PeerSenders,
     waiters: HashMap<WaiterId, mpsc::UnboundedSender<ServerFrame>>,
     next_waiter: WaiterId,
-    health: Sampler,
     /// Commit records not yet handed to the log writer.
     deferred_commits: Vec<LogRecord>,
     /// Jobs handed to the log writer that it has not yet reported durable.
@@ -415,8 +385,6 @@ impl Engine {
     ) -> (LogWriter, Stopped) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut health = tokio::time::interval(HEALTH_EVERY);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut room_check = tokio::time::interval(ROOM_CHECK_EVERY);
         let mut stalls = StallWatch::default();
         tokio::pin!(shutdown);
@@ -435,7 +403,6 @@ impl Engine {
                     None => break,
                 },
                 _ = ticker.tick(), if self.failed.is_none() => Wake::Tick,
-                _ = health.tick(), if self.failed.is_none() => Wake::Health,
             };
             let started = std::time::Instant::now();
             let what = self.wake(wake, &mut inbox);
@@ -465,11 +432,6 @@ impl Engine {
                 self.replica.tick();
                 self.submit_deferred_commits();
                 "tick"
-            }
-            Wake::Health => {
-                let sample = self.health.sample(self.replica.log_len());
-                self.replica.set_health(sample);
-                "health sample"
             }
         }
     }
@@ -528,6 +490,10 @@ impl Engine {
     fn handle(&mut self, input: Input) {
         match input {
             Input::LogFailed(error) => self.log_failed(error),
+            Input::Health(mut health) => {
+                health.log_len = self.replica.log_len();
+                self.replica.set_health(health);
+            }
             Input::Request { req, reply } if self.failed.is_some() => {
                 let result = Err(self.refusal());
                 let _ = reply

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use crate::edge::slots::{Admission, Slot, Slots};
 use crate::edge::throttle::Throttle;
-use crate::server::Input;
+use crate::inbox::Input;
 use crate::tls::sniff::{self, Opening};
 use crate::tls::{identity, TlsState, HANDSHAKE_TIMEOUT};
 
