@@ -73,7 +73,7 @@ impl StringState {
         &self.text
     }
 
-    /// The current string, sharing its memory (see [`Text::share`]).
+    /// The current string, sharing its frozen pieces instead of copying them.
     pub fn share_value(&self) -> Chunks {
         self.text.share()
     }
