@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use strstore_protocol::{NodeId, DEFAULT_MAX_FRAME_BYTES};
 
-use crate::detection::DetectionArgs;
+use crate::detection::{DetectionArgs, InvalidDetection};
 use crate::edge::reader::RequestBudget;
 use crate::replica::{self, Limits};
 use crate::tls::{ClientAuth, NodeFiles, TlsSettings};
@@ -184,6 +184,8 @@ pub enum ConfigError {
     TlsRequired { nodes: usize, command: String, dir: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Detection(#[from] InvalidDetection),
 }
 
 /// Where the error message suggests putting the certificates.
@@ -210,50 +212,8 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> 
 impl NodeArgs {
     /// Checks the flags and fills in derived values.
     pub fn validate(&self) -> Result<NodeConfig, ConfigError> {
-        let mut peers = parse_peers(&self.peers)?;
-        if peers.is_empty() {
-            peers.insert(self.id, self.peer_listen.map(|a| a.to_string()).unwrap_or_default());
-        }
-        if !peers.contains_key(&self.id) {
-            let list = peers.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",");
-            return Err(ConfigError::NotInPeers { id: self.id, peers: list });
-        }
-        let peer_listen = match self.peer_listen {
-            Some(a) => Some(a),
-            None if peers.len() == 1 => None,
-            None => Some(
-                peers[&self.id].parse().map_err(|_| ConfigError::NoPeerListen { id: self.id })?,
-            ),
-        };
-        if self.max_value_bytes == 0 || self.max_string_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "--max-value-bytes and --max-string-bytes must be > 0".into(),
-            ));
-        }
-        if self.max_value_bytes as usize + 1024 > self.max_frame_bytes {
-            return Err(ConfigError::Invalid(format!(
-                "--max-frame-bytes ({}) must exceed --max-value-bytes ({}) by at least 1 KiB",
-                self.max_frame_bytes, self.max_value_bytes
-            )));
-        }
-        // A snapshot travels in one peer frame and a `get` in one reply, whose length prefix
-        // is 4 bytes.
-        let max_string = strstore_protocol::codec::MAX_FRAME_FORMAT_BYTES as u64 - (1 << 20);
-        if self.max_string_bytes > max_string {
-            return Err(ConfigError::Invalid(format!(
-                "--max-string-bytes ({}) must be at most {max_string}: a snapshot travels in one \
-                 frame, whose length is a 4-byte number",
-                self.max_string_bytes
-            )));
-        }
-        let request_memory_bytes = self.request_memory_bytes();
-        if RequestBudget::new(request_memory_bytes, self.max_frame_bytes).is_none() {
-            return Err(ConfigError::Invalid(format!(
-                "--request-memory-bytes ({request_memory_bytes}) must be at most 4 GiB and leave \
-                 --max-frame-bytes ({}) for one frame after its eighth kept for small requests",
-                self.max_frame_bytes
-            )));
-        }
+        let (peers, peer_listen) = self.peers_and_listen()?;
+        let request_memory_bytes = self.checked_sizes()?;
         if self.tick_ms == 0 || self.window == 0 || self.max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "--tick-ms, --window and --max-connections must be > 0".into(),
@@ -293,6 +253,62 @@ impl NodeArgs {
             tls,
             detection: self.detection.clone(),
         })
+    }
+
+    /// The peer table (this node alone when `--peers` is empty) and the peer address to bind.
+    fn peers_and_listen(
+        &self,
+    ) -> Result<(BTreeMap<NodeId, String>, Option<SocketAddr>), ConfigError> {
+        let mut peers = parse_peers(&self.peers)?;
+        if peers.is_empty() {
+            peers.insert(self.id, self.peer_listen.map(|a| a.to_string()).unwrap_or_default());
+        }
+        if !peers.contains_key(&self.id) {
+            let list = peers.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",");
+            return Err(ConfigError::NotInPeers { id: self.id, peers: list });
+        }
+        let peer_listen = match self.peer_listen {
+            Some(a) => Some(a),
+            None if peers.len() == 1 => None,
+            None => Some(
+                peers[&self.id].parse().map_err(|_| ConfigError::NoPeerListen { id: self.id })?,
+            ),
+        };
+        Ok((peers, peer_listen))
+    }
+
+    /// Checks the size limits against each other; the request memory budget they leave.
+    fn checked_sizes(&self) -> Result<usize, ConfigError> {
+        if self.max_value_bytes == 0 || self.max_string_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-value-bytes and --max-string-bytes must be > 0".into(),
+            ));
+        }
+        if self.max_value_bytes as usize + 1024 > self.max_frame_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "--max-frame-bytes ({}) must exceed --max-value-bytes ({}) by at least 1 KiB",
+                self.max_frame_bytes, self.max_value_bytes
+            )));
+        }
+        // A snapshot travels in one peer frame and a `get` in one reply, whose length prefix
+        // is 4 bytes.
+        let max_string = strstore_protocol::codec::MAX_FRAME_FORMAT_BYTES as u64 - (1 << 20);
+        if self.max_string_bytes > max_string {
+            return Err(ConfigError::Invalid(format!(
+                "--max-string-bytes ({}) must be at most {max_string}: a snapshot travels in one \
+                 frame, whose length is a 4-byte number",
+                self.max_string_bytes
+            )));
+        }
+        let request_memory_bytes = self.request_memory_bytes();
+        if RequestBudget::new(request_memory_bytes, self.max_frame_bytes).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "--request-memory-bytes ({request_memory_bytes}) must be at most 4 GiB and leave \
+                 --max-frame-bytes ({}) for one frame after its eighth kept for small requests",
+                self.max_frame_bytes
+            )));
+        }
+        Ok(request_memory_bytes)
     }
 
     fn request_memory_bytes(&self) -> usize {

@@ -3,8 +3,12 @@
 
 use clap::Args;
 
-use crate::config::ConfigError;
 use crate::replica;
+
+/// Detection flags that contradict each other or the tick length.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidDetection(String);
 
 /// Failure and slowness detection (docs/protocol.md, "Heartbeats and failure detection").
 #[derive(Args, Clone, Debug)]
@@ -50,8 +54,8 @@ pub struct DetectionArgs {
 
 impl DetectionArgs {
     /// Checks the flags against each other and the tick length.
-    pub fn validate(&self, tick_ms: u64) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+    pub fn validate(&self, tick_ms: u64) -> Result<(), InvalidDetection> {
+        let invalid = |msg: String| Err(InvalidDetection(msg));
         if self.heartbeat_ms < tick_ms {
             return invalid(format!(
                 "--heartbeat-ms ({}) must be at least --tick-ms ({tick_ms})",

@@ -6,7 +6,10 @@
 //!   file and sled on disk; memory in tests), and [`log_writer`], the thread that
 //!   group-commits it; [`storage`] opens a data directory and repairs a damaged one.
 //! - [`server`]: the tokio driver that owns the engine; [`client_conn`] serves clients and
-//!   [`transport`] carries peer messages over mutual TLS.
+//!   [`transport`] carries peer messages over mutual TLS. Everything that feeds the driver
+//!   (connections, links, the log writer, [`health`] samples) sends an [`inbox::Input`].
+//! - [`edge`]: the bounds on what a stranger can take (descriptors, connection slots, read
+//!   deadlines, request memory) and throttled warnings about them.
 //! - [`tls`]: TLS material, node identity in certificates, and plain-words handshake errors;
 //!   [`certs`] creates the cluster CA and certificates (`strstore-server certs`).
 //! - [`config`]: command-line configuration and its validation; [`detection`] the flags of

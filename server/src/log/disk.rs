@@ -22,8 +22,8 @@ use std::sync::{mpsc, Arc};
 use strstore_protocol::{Action, Ballot, Deps, Epoch, Timestamp, ViewProposal};
 
 use super::snapshot_file::SnapshotFile;
+use super::store::{LogError, LogStore};
 use super::wal::Wal;
-use super::{LogError, LogStore};
 use crate::replica::{LogRecord, Restored, SnapshotRecord};
 
 const CLOCK_BOUND_KEY: &[u8] = b"clock_bound";

@@ -1,6 +1,6 @@
 //! An in-memory log for the simulation: synced records survive a crash, the rest do not.
 
-use super::{restore_from, LogError, LogStore};
+use super::store::{restore_from, LogError, LogStore};
 use crate::replica::{LogRecord, Restored};
 
 /// In-memory [`LogStore`] with crash semantics.

@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::LogError;
+use super::store::LogError;
 use crate::replica::SnapshotRecord;
 
 #[derive(Clone)]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use strstore_protocol::{Action, Deps, Epoch, Timestamp};
 
 use super::files::{DiskFiles, Files, SegmentFile};
-use super::LogError;
+use super::store::LogError;
 use crate::replica::{LogRecord, Restored};
 
 /// Segments grow to about this size before a new one is started.

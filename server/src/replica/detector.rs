@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use strstore_protocol::{NodeId, Timestamp};
 
-use super::node::Ticks;
+use super::ready::Ticks;
 
 /// Heartbeats a peer may miss in a row, at its usual pace, before it is suspected.
 const MISSABLE_HEARTBEATS: u64 = 5;

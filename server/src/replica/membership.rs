@@ -13,7 +13,8 @@ use strstore_protocol::{
 };
 
 use super::detector::{Gaps, HoldDownConfig};
-use super::node::{Replica, Ticks};
+use super::node::Replica;
+use super::ready::Ticks;
 
 /// Longest failure timeouts a member the view just added may stay silent (see
 /// `removal_timeout`).

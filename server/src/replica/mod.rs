@@ -24,17 +24,20 @@
 //! aborted before any action of the next.
 
 mod detector;
+mod held;
 mod membership;
 mod node;
+mod proposer;
+mod ready;
 mod received;
+mod records;
 mod replication;
 pub mod state;
 mod text;
 mod view_change;
 
-pub use node::{
-    ClientReply, Config, LogRecord, Ready, Replica, Restored, SnapshotRecord, Stats, Ticks,
-    WaiterId, CLOCK_LEASE,
-};
+pub use node::{Config, Replica, Stats};
+pub use ready::{ClientReply, Ready, Ticks, WaiterId};
 pub use received::Received;
+pub use records::{LogRecord, Restored, SnapshotRecord, CLOCK_LEASE};
 pub use state::{Limits, StringState};

@@ -15,23 +15,16 @@ use rand::SeedableRng;
 use strstore_protocol::{
     Action, AppliedDigest, Ballot, ClientId, ClusterReport, Deps, Envelope, Epoch, Error, Health,
     Member, MemberStatus, NodeId, Op, Oseq, PeerMsg, ReplicaReport, Reply, ReqSeq, Request,
-    Response, Snapshot, Timestamp, View, ViewProposal, Write, WriteOp,
+    Response, Timestamp, View, ViewProposal, Write, WriteOp,
 };
 
 use super::detector::{AckLag, Gaps, HoldDown, LagRule};
+use super::held::{Held, HeldBody, InFlight};
+use super::proposer::Proposer;
+use super::ready::{ClientReply, Ready, Ticks, WaiterId};
+use super::received::Received;
+use super::records::{LogRecord, Restored, CLOCK_LEASE};
 use super::state::{Limits, StringState};
-use super::view_change::Proposer;
-use super::Received;
-
-/// Logical time. The driver calls [`Replica::tick`] every `tick_ms` of wall time.
-pub type Ticks = u64;
-/// Opaque handle the driver uses to route a reply back to a waiting client connection.
-pub type WaiterId = u64;
-
-/// How far the persisted clock bound runs ahead of the clock. A restarted node starts its
-/// clock at the bound, so its clock never goes back below a time it has shown to a peer; a
-/// larger lease means fewer bound records in the log.
-pub const CLOCK_LEASE: u64 = 1 << 20;
 
 /// Tuning of one replica. Every field has a default in [`Config::new`].
 #[derive(Clone, Debug)]
@@ -138,118 +131,6 @@ impl Config {
         self.initial_view.members.retain(|m| m.id != me);
         self.initial_view.master = self.initial_view.members.first().map_or(me, |m| m.id);
     }
-}
-
-/// A record for the durable log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LogRecord {
-    /// An action this node created or received. Must be on disk before it is acked.
-    Action(Action),
-    /// The action `id` committed with these deps. Lets a restarted node apply its log without
-    /// asking the origin again.
-    Commit { id: Timestamp, deps: Deps },
-    /// The clock may have reached at most this value; a restart resumes from it.
-    ClockBound(u64),
-    /// Applied state and view; every action applied before it (and every action of an earlier
-    /// epoch) may be dropped from the log.
-    Snapshot(std::sync::Arc<SnapshotRecord>),
-    /// Promise not to accept ballots below `ballot` for the view change to `epoch`.
-    Promise { epoch: Epoch, ballot: Ballot },
-    /// Proposal accepted for the view change to `proposal.view.epoch`.
-    Accepted { ballot: Ballot, proposal: ViewProposal },
-}
-
-/// What a snapshot record holds besides the applied state.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SnapshotRecord {
-    pub snapshot: Snapshot,
-    /// The view the node is in.
-    pub view: View,
-    /// Per origin, the last oseq of the current epoch covered by the snapshot.
-    pub received: Vec<(NodeId, Oseq)>,
-    /// Deps of own applied actions that members may still ask for.
-    pub executed: Vec<(Timestamp, Deps)>,
-    /// This node's next oseq in the epoch.
-    pub next_oseq: Oseq,
-}
-
-/// A reply for the client connection that waits on `waiter`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientReply {
-    pub waiter: WaiterId,
-    pub reply: Reply,
-}
-
-/// Everything the replica asks its driver to do. Order matters: `log` is written in order and
-/// made durable before any of `after_sync` is sent (and a later `Ready`'s log never becomes
-/// durable before an earlier one's). `messages` and `replies` may go out at once.
-#[derive(Debug, Default)]
-pub struct Ready {
-    pub log: Vec<LogRecord>,
-    pub after_sync: Vec<Envelope>,
-    pub messages: Vec<Envelope>,
-    pub replies: Vec<ClientReply>,
-    /// Write actions applied, in order (for checkers and metrics).
-    pub applied: Vec<Timestamp>,
-    /// Set when the view changed: the driver updates its peer addresses.
-    pub view_changed: Option<View>,
-}
-
-impl Ready {
-    /// Nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.log.is_empty()
-            && self.after_sync.is_empty()
-            && self.messages.is_empty()
-            && self.replies.is_empty()
-            && self.applied.is_empty()
-            && self.view_changed.is_none()
-    }
-}
-
-/// What a restarting node read back from its log.
-#[derive(Clone, Debug, Default)]
-pub struct Restored {
-    pub snapshot: Option<SnapshotRecord>,
-    pub actions: Vec<Action>,
-    pub commits: Vec<(Timestamp, Deps)>,
-    pub clock_bound: u64,
-    pub promise: Option<(Epoch, Ballot)>,
-    pub accepted: Option<(Ballot, ViewProposal)>,
-}
-
-/// An entry of the hold-back queue, waiting for its turn in timestamp order.
-#[derive(Debug)]
-pub(super) struct Held {
-    pub body: HeldBody,
-    /// Known once the action committed.
-    pub deps: Option<Deps>,
-    /// Another origin's action: `hw` of each member (the origin aside) whose ack reached us.
-    /// With all of them in, the action is committed and we know it without the origin.
-    pub acks: BTreeMap<NodeId, Oseq>,
-    /// When this member next re-sends its ack if the entry stays uncommitted at the head.
-    pub reack_at: Ticks,
-    pub reack_backoff: Ticks,
-}
-
-#[derive(Debug)]
-pub(super) enum HeldBody {
-    Write(Action),
-    /// A read-only ordering point, held only at its origin.
-    Fence {
-        gets: Vec<(WaiterId, ReqSeq, Op)>,
-    },
-}
-
-/// An own action or fence that is not committed yet.
-#[derive(Debug)]
-pub(super) struct InFlight {
-    /// What to re-send.
-    pub msg: PeerMsg,
-    /// `hw` of each member that acked.
-    pub acks: BTreeMap<NodeId, Oseq>,
-    pub resend_at: Ticks,
-    pub backoff: Ticks,
 }
 
 /// Counters the node reports in its status.

@@ -7,7 +7,10 @@ use strstore_protocol::{
     Action, Deps, NodeId, Op, Oseq, PeerMsg, ReqSeq, Response, Timestamp, Write,
 };
 
-use super::node::{HeldBody, InFlight, LogRecord, Replica, SnapshotRecord, WaiterId};
+use super::held::{HeldBody, InFlight};
+use super::node::Replica;
+use super::ready::WaiterId;
+use super::records::{LogRecord, SnapshotRecord};
 use super::state::Applied;
 
 /// Bytes a logged write costs besides its value (ids, sequence number, framing), for the

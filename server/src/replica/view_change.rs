@@ -20,28 +20,13 @@ use strstore_protocol::{
 };
 use tracing::{info, warn};
 
-use super::node::{HeldBody, LogRecord, Replica, Ticks};
+use super::held::HeldBody;
+use super::node::Replica;
+use super::proposer::Proposer;
+use super::ready::Ticks;
+use super::received::Received;
+use super::records::LogRecord;
 use super::state::StringState;
-use super::Received;
-
-/// An own view change under way.
-#[derive(Debug)]
-pub(crate) struct Proposer {
-    /// The epoch being left.
-    epoch: Epoch,
-    ballot: Ballot,
-    remove: BTreeSet<NodeId>,
-    add: BTreeMap<NodeId, Member>,
-    master: NodeId,
-    promises: BTreeMap<NodeId, (Option<(Ballot, ViewProposal)>, PendingLog)>,
-    /// Keys of `promises`, for re-sending.
-    promised_by: BTreeSet<NodeId>,
-    proposal: Option<ViewProposal>,
-    resend_at: Ticks,
-    accepts: BTreeSet<NodeId>,
-    started: Ticks,
-    quorum_at: Option<Ticks>,
-}
 
 impl Replica {
     fn majority(&self) -> usize {

@@ -4,7 +4,7 @@
 //! ```text
 //! ca.pem               cluster CA certificate(s): every node and client trusts these
 //! ca-key.pem           CA private key (0600): only `certs` needs it; keep it off the nodes
-//! node-<id>.pem        node <id>'s certificate (DNS SAN node-<id> plus its host names)
+//! node-<id>.pem        node <id>'s certificate (URI SAN strstore:node:<id> plus its host names)
 //! node-<id>-key.pem    node <id>'s private key (0600)
 //! client.pem           a client certificate for strstore-cli and strstore-bench
 //! client-key.pem       its private key (0600)

@@ -16,7 +16,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::files::{NodeFiles, Pems, TlsFileError};
 use super::identity::{node_server_name, NodeServerVerifier};
-use super::{ClientAuth, TlsSettings};
+use super::settings::{ClientAuth, TlsSettings};
 
 /// Only TLS 1.3: one round trip for the handshake, no legacy cipher suites to configure, and
 /// every peer is a strstore node of the same release anyway.
@@ -38,7 +38,8 @@ pub enum TlsError {
 pub struct TlsMaterial {
     /// Accepts peers: requires a client certificate signed by the cluster CA.
     pub peer_acceptor: TlsAcceptor,
-    /// Dials peers: presents our certificate and verifies theirs for `node-<peer id>`.
+    /// Dials peers: presents our certificate and verifies that theirs names
+    /// `strstore:node:<peer id>`.
     pub peer_connector: TlsConnector,
     /// Serves clients, when `--client-tls` is on.
     pub client_acceptor: Option<TlsAcceptor>,
@@ -113,8 +114,8 @@ fn root_store(
 }
 
 /// Verifies our own chain exactly as a peer will, in both roles: as a server certificate for
-/// `node-<id>` and as a client certificate. Catching it here turns "every peer refuses me" into
-/// one clear startup error.
+/// `strstore:node:<id>` and as a client certificate. Catching it here turns "every peer refuses
+/// me" into one clear startup error.
 fn check_own_certificate(
     files: &NodeFiles,
     roots: &Arc<RootCertStore>,

@@ -5,7 +5,8 @@
 //! - [`files`]: the files of a `--tls-dir` and their loading.
 //! - [`material`]: rustls configurations built from them, after checking that our own
 //!   certificate would pass our peers' checks.
-//! - [`identity`]: the `node-<id>` name in certificates and the check of a claimed id.
+//! - [`identity`]: the `strstore:node:<id>` URI in certificates and the check of a claimed
+//!   id.
 //! - [`sniff`]: telling TLS from plaintext on a port, and handshake errors in plain words.
 //!
 //! [`TlsState`] holds the current [`TlsMaterial`]; a reload (SIGHUP) swaps it whole, new
@@ -14,6 +15,7 @@
 pub mod files;
 pub mod identity;
 pub mod material;
+mod settings;
 pub mod sniff;
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -21,42 +23,11 @@ use std::time::Duration;
 
 pub use files::NodeFiles;
 pub use material::{TlsError, TlsMaterial};
+pub use settings::{ClientAuth, TlsSettings};
 
 /// Longest a connection may take from accept (or connect) to an authenticated hello. Bounds
 /// the tasks and sockets that silent or slow connections can hold.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether clients must present a certificate on a TLS client port.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClientAuth {
-    /// Any client may connect; the connection is still encrypted and the node authenticated.
-    #[default]
-    None,
-    /// Clients must present a certificate signed by the cluster CA.
-    Required,
-}
-
-/// Where a node's TLS material comes from and how it serves clients.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub files: NodeFiles,
-    /// `None`: the client port stays plaintext; `Some`: TLS with this client authentication.
-    pub clients: Option<ClientAuth>,
-    /// Refuse material whose certificate our peers would refuse (expired, for another node,
-    /// from another CA). Only tests turn it off, to play a misconfigured or hostile node.
-    pub check_own_certificate: bool,
-}
-
-impl TlsSettings {
-    /// How the client port is configured, in words for the log.
-    fn client_mode(&self) -> &'static str {
-        match self.clients {
-            None => "plaintext",
-            Some(ClientAuth::None) => "TLS",
-            Some(ClientAuth::Required) => "TLS, client certificates required",
-        }
-    }
-}
 
 /// The node's current TLS material, shared by every listener and dialler.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
 //! The sending side of the connection to one peer: dial, TLS handshake (verifying that the
-//! server is `node-<peer>`), hello, then batches of messages until the connection breaks.
+//! server is `strstore:node:<peer>`), hello, then batches of messages until the connection
+//! breaks.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
-use super::{carries_snapshot, Queued};
+use super::queue::{carries_snapshot, Queued};
 use crate::tls::identity::node_server_name;
 use crate::tls::{sniff, TlsState, HANDSHAKE_TIMEOUT};
 
