@@ -3,7 +3,7 @@
 //! SIGKILL comes back with its log and applies what it missed.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strstore_client::{Client, ClientConfig};
 use strstore_tests::cluster::TestCluster;
@@ -60,6 +60,15 @@ fn concurrent_clients_at_different_nodes_see_one_order() {
     }
 }
 
+/// One node's `inspect --json` report.
+fn inspect_at(addr: &str) -> serde_json::Value {
+    let out = strstore_tests::cluster::cli(addr, &["inspect", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    nodes.remove(0)
+}
+
 #[test]
 fn killed_node_restarts_with_its_log_and_catches_up() {
     // The view stays as it is while n3 is down: this is about the restart from its own log,
@@ -76,8 +85,16 @@ fn killed_node_restarts_with_its_log_and_catches_up() {
     let addr1 = c.nodes[0].client_addr.to_string();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pending = rt.spawn(async move { client_at(&addr1).append("<while-down>").await });
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!pending.is_finished(), "a write must not commit without every member");
+    let view_before = inspect_at(&c.nodes[0].client_addr.to_string());
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        let n1 = inspect_at(&c.nodes[0].client_addr.to_string());
+        assert_eq!(n1["epoch"], view_before["epoch"], "the view changed: {n1:#}");
+        assert!(n1["members"].as_array().is_some_and(|m| m.contains(&3.into())), "{n1:#}");
+        assert!(!pending.is_finished(), "a write committed without n3, a member: {n1:#}");
+        assert_eq!(n1["value"].as_str(), Some(before.trim_end()), "n1 applied it alone");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     c.node(3).start();
     let len = rt.block_on(pending).expect("task").expect("write commits once n3 is back");

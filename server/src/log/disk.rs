@@ -404,7 +404,7 @@ mod tests {
             snapshot,
             view,
             received: vec![(2, time)],
-            executed: vec![],
+            own_commits: vec![],
             next_oseq: 1,
         };
         LogRecord::Snapshot(Arc::new(rec))

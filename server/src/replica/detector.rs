@@ -148,13 +148,6 @@ impl AckLag {
         }
         slow
     }
-
-    /// A new epoch: its actions start from scratch.
-    pub(crate) fn clear(&mut self) {
-        self.waiting.clear();
-        self.lagging_since.clear();
-        self.lagged_at.clear();
-    }
 }
 
 /// How [`AckLag`] judges, in ticks: an ack later than `bound` behind the others' lags; a

@@ -28,7 +28,7 @@ impl Replica {
         self.next_heartbeat = self.now + self.cfg.heartbeat_ticks;
         // A node that heard of a newer view keeps asking, once per heartbeat, until it is in
         // one: the master adds a node it removed only once it has heard it steadily.
-        if !self.is_member() || !self.join_hints.is_empty() {
+        if !self.is_member() || !self.membership.join_hints.is_empty() {
             self.ask_to_join(None);
         }
         if self.is_member() && !self.is_master() {
@@ -94,8 +94,8 @@ impl Replica {
             return;
         }
         if epoch == self.view.epoch && self.view.contains(from) {
-            self.newcomers.remove(&from);
-            self.last_heard.insert(from, self.now);
+            self.membership.newcomers.remove(&from);
+            self.membership.last_heard.insert(from, self.now);
             self.heard(from);
             self.member_health.insert(from, health);
         }
@@ -112,9 +112,9 @@ impl Replica {
         members: Vec<MemberStatus>,
     ) {
         if view.epoch == self.view.epoch && from == self.view.master {
-            self.master_heard = self.now;
+            self.membership.master_heard = self.now;
             self.heard(from);
-            self.master_table = members;
+            self.membership.master_table = members;
             if view.limits != self.view.limits {
                 // Only the first view is not agreed by a view change: each node built it
                 // from its own flags, and the master's count.
@@ -140,14 +140,14 @@ impl Replica {
     /// moved on or left may hear of the newer view only once (a `Prepare` from a view that
     /// lists it, say), and that call may fall inside the interval.
     pub(super) fn ask_to_join(&mut self, hint: Option<NodeId>) {
-        self.join_hints.extend(hint);
+        self.membership.join_hints.extend(hint);
         if self.join_sent != 0 && self.now < self.join_sent + self.cfg.heartbeat_ticks {
             return;
         }
         self.join_sent = self.now.max(1);
         let me = self.cfg.me.clone();
         let mut targets: Vec<NodeId> = self.view.ids();
-        targets.extend(self.join_hints.iter().copied());
+        targets.extend(self.membership.join_hints.iter().copied());
         targets.sort_unstable();
         targets.dedup();
         let my_id = self.id();
@@ -175,7 +175,7 @@ impl Replica {
         if !fresh
             && self.view.contains(member.id)
             && member.id != self.id()
-            && self.applied_oseq.is_empty()
+            && self.replication.applied_oseq.is_empty()
         {
             // Only to a member behind us: a catch-up of our own epoch is no news to a node
             // in it, and each one carries the whole string.
@@ -211,7 +211,9 @@ impl Replica {
         }
         // A member that asks after actions were applied in this epoch is added again by a
         // view change, unless it just joined.
-        if self.view.contains(member.id) && self.now < self.view_started + self.cfg.failure_ticks {
+        if self.view.contains(member.id)
+            && self.now < self.membership.started + self.cfg.failure_ticks
+        {
             return;
         }
         let hold = self.hold_down_config();
@@ -227,10 +229,10 @@ impl Replica {
     /// kernel killed them.
     fn send_catch_up(&mut self, to: NodeId) {
         let every = self.cfg.heartbeat_ticks.max(1);
-        if self.catch_ups_sent.get(&to).is_some_and(|&at| self.now < at + every) {
+        if self.membership.catch_ups_sent.get(&to).is_some_and(|&at| self.now < at + every) {
             return;
         }
-        self.catch_ups_sent.insert(to, self.now);
+        self.membership.catch_ups_sent.insert(to, self.now);
         tracing::info!(
             node = self.id(),
             to,
@@ -268,7 +270,11 @@ impl Replica {
                     0
                 } else {
                     self.now.saturating_sub(
-                        self.last_heard.get(&m.id).copied().unwrap_or(self.view_started),
+                        self.membership
+                            .last_heard
+                            .get(&m.id)
+                            .copied()
+                            .unwrap_or(self.membership.started),
                     )
                 };
                 let state = if silent > self.silence_timeout(m.id) {
@@ -312,7 +318,8 @@ impl Replica {
     /// Says, for the operator, why each of `failed` is about to be removed.
     pub(super) fn log_silent(&self, failed: &[NodeId]) {
         for &m in failed {
-            let heard = self.last_heard.get(&m).copied().unwrap_or(self.view_started);
+            let heard =
+                self.membership.last_heard.get(&m).copied().unwrap_or(self.membership.started);
             let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
             tracing::warn!(
                 node = self.id(),
@@ -331,7 +338,7 @@ impl Replica {
     /// `NEWCOMER_GRACE` longest failure timeouts.
     fn removal_timeout(&self, m: NodeId) -> Ticks {
         let timeout = self.silence_timeout(m);
-        if self.newcomers.contains(&m) {
+        if self.membership.newcomers.contains(&m) {
             timeout.max(NEWCOMER_GRACE * self.cfg.failure_ticks)
         } else {
             timeout
@@ -345,7 +352,8 @@ impl Replica {
             .copied()
             .filter(|&m| m != self.id())
             .filter(|&m| {
-                let heard = self.last_heard.get(&m).copied().unwrap_or(self.view_started);
+                let heard =
+                    self.membership.last_heard.get(&m).copied().unwrap_or(self.membership.started);
                 self.now.saturating_sub(heard) > self.removal_timeout(m)
             })
             .collect()
@@ -364,7 +372,8 @@ impl Replica {
             return None;
         }
         let me = self.id();
-        self.ack_lag
+        self.membership
+            .ack_lag
             .slow(self.now, self.cfg.ack_lag_for_ticks)
             .into_iter()
             .find(|&m| m != me && self.members.contains(&m))
@@ -373,7 +382,7 @@ impl Replica {
     /// Master: notes for the ack-lag judge that every member but `missing` acked `id`.
     pub(super) fn acks_wait_on(&mut self, id: strstore_protocol::Timestamp, missing: NodeId) {
         if self.is_master() && self.cfg.ack_lag_ticks > 0 {
-            self.ack_lag.waiting_on(id, missing, self.now);
+            self.membership.ack_lag.waiting_on(id, missing, self.now);
         }
     }
 }

@@ -24,6 +24,7 @@
 //! aborted before any action of the next.
 
 mod detector;
+mod epoch;
 mod held;
 mod membership;
 mod node;

@@ -14,15 +14,14 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use strstore_protocol::{
     Action, AppliedDigest, Ballot, ClientId, ClusterReport, Deps, Envelope, Epoch, Error, Health,
-    Member, MemberStatus, NodeId, Op, Oseq, PeerMsg, ReplicaReport, Reply, ReqSeq, Request,
-    Response, Timestamp, View, ViewProposal, Write, WriteOp,
+    Member, NodeId, Op, PeerMsg, ReplicaReport, Reply, ReqSeq, Request, Response, Timestamp, View,
+    ViewProposal, Write, WriteOp,
 };
 
-use super::detector::{AckLag, Gaps, HoldDown, LagRule};
+use super::detector::{Gaps, HoldDown, LagRule};
+use super::epoch::{EpochMembership, EpochReplication, NextView};
 use super::held::{Held, HeldBody, InFlight};
-use super::proposer::Proposer;
 use super::ready::{ClientReply, Ready, Ticks, WaiterId};
-use super::received::Received;
 use super::records::{LogRecord, Restored, CLOCK_LEASE};
 use super::state::{Limits, StringState};
 
@@ -156,6 +155,12 @@ pub struct Stats {
 
 /// One node's replication and membership engine.
 pub struct Replica {
+    /// Replication within the current epoch; replaced on entering a view.
+    pub(super) replication: EpochReplication,
+    /// Heartbeats and catch-up within the current view; replaced on entering a view.
+    pub(super) membership: EpochMembership,
+    /// The Paxos instance for the next view; replaced on entering a view.
+    pub(super) next_view: NextView,
     pub(super) cfg: Config,
     pub(super) now: Ticks,
     pub(super) rng: StdRng,
@@ -164,22 +169,10 @@ pub struct Replica {
     pub(super) view: View,
     /// Ids of `view.members`, cached.
     pub(super) members: Vec<NodeId>,
-    pub(super) next_oseq: Oseq,
-    pub(super) received: Received,
     pub(super) held: BTreeMap<Timestamp, Held>,
-    pub(super) in_flight: BTreeMap<Timestamp, InFlight>,
-    /// Acks for other origins' actions that came before the action itself (another
-    /// member's ack can overtake the origin's message on its own connection).
-    pub(super) early_acks: BTreeMap<Timestamp, BTreeMap<NodeId, Oseq>>,
-    /// Deps of own applied actions, kept until every member reports it applied them.
-    pub(super) executed: BTreeMap<Timestamp, Deps>,
-    /// Last applied timestamp each member reported in an ack.
-    pub(super) peer_applied: BTreeMap<NodeId, Timestamp>,
     pub(super) state: StringState,
     pub(super) applied_actions: u64,
     pub(super) applied_ts: Timestamp,
-    /// Per origin, the oseq of its last action applied in this epoch.
-    pub(super) applied_oseq: BTreeMap<NodeId, Oseq>,
     /// Where `Ready::applied` starts after a restart or snapshot install.
     pub(super) replay_base: Timestamp,
     pub(super) since_snapshot: u64,
@@ -193,8 +186,6 @@ pub struct Replica {
     pub(super) waiters: HashMap<(ClientId, ReqSeq), Vec<WaiterId>>,
     // Membership.
     pub(super) health: Health,
-    /// Master: when each member was last heard, and its last health report.
-    pub(super) last_heard: BTreeMap<NodeId, Ticks>,
     pub(super) member_health: BTreeMap<NodeId, Health>,
     /// Master: nodes that asked to join.
     pub(super) joiners: BTreeMap<NodeId, Member>,
@@ -203,9 +194,6 @@ pub struct Replica {
     pub(super) announced: BTreeMap<NodeId, Member>,
     /// Nodes a view change removed, and when: `status` lists them as failed until they rejoin.
     pub(super) departed: BTreeMap<NodeId, (Member, Ticks)>,
-    /// Member: when the master last answered, and the table it sent.
-    pub(super) master_heard: Ticks,
-    pub(super) master_table: Vec<MemberStatus>,
     pub(super) next_heartbeat: Ticks,
     /// Random extra silence from the master, beyond its failure timeout, before this member
     /// starts an election (so that members rarely run against each other).
@@ -213,29 +201,14 @@ pub struct Replica {
     /// Gaps between the messages of each peer whose silence this node judges: at the
     /// master every member's heartbeats, at a member the master's answers.
     pub(super) gaps: BTreeMap<NodeId, Gaps>,
-    /// Master: members whose acks hold commits back.
-    pub(super) ack_lag: AckLag,
     /// Nodes removed from the view, and when they may come back.
     pub(super) hold_down: HoldDown,
-    // View change.
-    /// Highest ballot promised for the change to `view.epoch + 1`.
-    pub(super) promised: Ballot,
-    pub(super) accepted: Option<(Ballot, ViewProposal)>,
-    pub(super) proposer: Option<Proposer>,
     /// The last decision this node installed, re-sent to members that missed it.
     pub(super) last_decided: Option<ViewProposal>,
     /// When a node outside the view last asked to join.
     pub(super) join_sent: Ticks,
     /// Until this node enters a view: it lost what it once acked (see `Config`).
     pub(super) fresh_incarnation: bool,
-    /// Nodes seen in a newer view since this node entered its own: asked to join as well.
-    pub(super) join_hints: BTreeSet<NodeId>,
-    /// When each member behind this epoch was last sent the state (`send_catch_up`).
-    pub(super) catch_ups_sent: BTreeMap<NodeId, Ticks>,
-    /// Members this view added that have not heartbeat in it yet (they install the state).
-    pub(super) newcomers: BTreeSet<NodeId>,
-    /// When this node entered its current view.
-    pub(super) view_started: Ticks,
     /// Highest ballot round seen, so a new proposal outbids every earlier one.
     pub(super) ballot_round: u64,
     /// No own proposal starts before this tick (back-off after losing a ballot).
@@ -255,6 +228,9 @@ impl Replica {
         let fresh_incarnation = cfg.fresh_incarnation;
         let mut r = Replica {
             state: StringState::default(),
+            replication: EpochReplication::new(),
+            membership: EpochMembership::entering(0, BTreeSet::new()),
+            next_view: NextView::default(),
             rng: StdRng::seed_from_u64(cfg.seed),
             members: view.ids(),
             view,
@@ -262,16 +238,9 @@ impl Replica {
             now: 0,
             clock: 0,
             clock_bound: 0,
-            next_oseq: 1,
-            received: Received::default(),
             held: BTreeMap::new(),
-            in_flight: BTreeMap::new(),
-            early_acks: BTreeMap::new(),
-            executed: BTreeMap::new(),
-            peer_applied: BTreeMap::new(),
             applied_actions: 0,
             applied_ts: Timestamp::default(),
-            applied_oseq: BTreeMap::new(),
             replay_base: Timestamp::default(),
             since_snapshot: 0,
             logged_since_snapshot: 0,
@@ -280,28 +249,17 @@ impl Replica {
             pending: HashSet::new(),
             waiters: HashMap::new(),
             health: Health::default(),
-            last_heard: BTreeMap::new(),
             member_health: BTreeMap::new(),
             joiners: BTreeMap::new(),
             departed: BTreeMap::new(),
             announced: BTreeMap::new(),
-            master_heard: 0,
-            master_table: Vec::new(),
             next_heartbeat: 0,
             election_jitter: 0,
             gaps: BTreeMap::new(),
-            ack_lag: AckLag::default(),
             hold_down: HoldDown::default(),
-            promised: Ballot::default(),
-            accepted: None,
-            proposer: None,
             last_decided: None,
             join_sent: 0,
             fresh_incarnation,
-            join_hints: BTreeSet::new(),
-            catch_ups_sent: BTreeMap::new(),
-            newcomers: BTreeSet::new(),
-            view_started: 0,
             ballot_round: 0,
             propose_after: 0,
             frozen_since: 0,
@@ -322,18 +280,18 @@ impl Replica {
             self.applied_ts = rec.snapshot.applied;
             self.clock = self.clock.max(rec.snapshot.applied.time);
             for (origin, oseq) in rec.received {
-                self.received.fill_to(origin, oseq);
-                self.applied_oseq.insert(origin, oseq);
+                self.replication.received.fill_to(origin, oseq);
+                self.replication.applied_oseq.insert(origin, oseq);
             }
             self.replay_base = rec.snapshot.applied;
-            self.executed = rec.executed.into_iter().collect();
-            self.next_oseq = rec.next_oseq;
+            self.replication.own_commits = rec.own_commits.into_iter().collect();
+            self.replication.next_oseq = rec.next_oseq;
         }
         let next_epoch = self.view.epoch + 1;
         if let Some((_, ballot)) = restored.promise.filter(|(e, _)| *e == next_epoch) {
-            self.promised = ballot;
+            self.next_view.promised = ballot;
         }
-        self.accepted = restored.accepted.filter(|(_, p)| p.view.epoch == next_epoch);
+        self.next_view.accepted = restored.accepted.filter(|(_, p)| p.view.epoch == next_epoch);
         tracing::debug!(
             node = self.id(),
             actions = restored.actions.len(),
@@ -346,7 +304,7 @@ impl Replica {
             self.clock = self.clock.max(action.id.time);
             if action.epoch != self.view.epoch
                 || action.id <= self.applied_ts
-                || !self.received.insert(action.id.node, action.oseq)
+                || !self.replication.received.insert(action.id.node, action.oseq)
             {
                 continue;
             }
@@ -356,6 +314,7 @@ impl Replica {
         // again; when there are no others (a single-node view) every ack is already in, and
         // nothing else would ever commit them.
         let complete: Vec<Timestamp> = self
+            .replication
             .in_flight
             .iter()
             .filter(|(_, f)| f.acks.len() == self.members.len())
@@ -374,17 +333,18 @@ impl Replica {
         let deps = commits.get(&action.id).cloned();
         let own = action.id.node == self.id();
         if own {
-            self.next_oseq = self.next_oseq.max(action.oseq + 1);
+            self.replication.next_oseq = self.replication.next_oseq.max(action.oseq + 1);
             match &deps {
                 Some(d) => {
-                    self.executed.insert(action.id, d.clone());
+                    self.replication.own_commits.insert(action.id, d.clone());
                 }
                 None => {
                     // Durable here, so it acks itself; the others are asked again at once.
                     let mut acks = BTreeMap::new();
                     acks.insert(self.id(), action.oseq - 1);
                     let msg = PeerMsg::Action(action.clone());
-                    self.in_flight
+                    self.replication
+                        .in_flight
                         .insert(action.id, InFlight { msg, acks, resend_at: 0, backoff: 1 });
                 }
             }
@@ -461,7 +421,7 @@ impl Replica {
 
     /// Whether this node promised the next epoch and so may not ack actions of this one.
     pub fn is_frozen(&self) -> bool {
-        self.promised != Ballot::default()
+        self.next_view.promised != Ballot::default()
     }
 
     pub fn stats(&self) -> Stats {
@@ -471,7 +431,7 @@ impl Replica {
             applied_actions: self.applied_actions,
             applied_ts: self.applied_ts,
             held: self.held.len(),
-            in_flight: self.in_flight.len(),
+            in_flight: self.replication.in_flight.len(),
             queued: self.queued_writes.len() + self.queued_gets.len(),
             member: self.is_member(),
             frozen: self.is_frozen(),
@@ -526,7 +486,8 @@ impl Replica {
         let reason = if !self.is_member() {
             format!("node {} is not a member of view {}", self.id(), self.view.epoch)
         } else if !self.is_master()
-            && self.now.saturating_sub(self.master_heard) > self.silence_timeout(self.view.master)
+            && self.now.saturating_sub(self.membership.master_heard)
+                > self.silence_timeout(self.view.master)
         {
             format!("node {} has lost contact with master {}", self.id(), self.view.master)
         } else {
@@ -540,7 +501,8 @@ impl Replica {
             .filter(|m| m.id != self.id())
             .filter_map(|m| {
                 let from_table = || {
-                    self.master_table
+                    self.membership
+                        .master_table
                         .iter()
                         .find(|s| s.member.id == m.id)
                         .map(|s| &s.member.client_addr)
@@ -652,7 +614,7 @@ impl Replica {
             PeerMsg::Action(action) => self.on_action(env.from, action),
             PeerMsg::Fence { id } => self.on_fence(env.from, id),
             PeerMsg::Ack { id, hw, applied } => self.on_ack(env.from, id, hw, applied),
-            PeerMsg::Execute { id, deps } => self.on_execute(id, deps),
+            PeerMsg::Execute { id, deps } => self.on_commit(id, deps),
             _ => unreachable!("only replication messages come here"),
         }
     }
@@ -668,7 +630,7 @@ impl Replica {
             let hold = self.cfg.ack_lag_for_ticks;
             let bridge = (2 * bound).max(hold / 4);
             let rule = LagRule { bound, bridge, hold };
-            self.ack_lag.tick(self.now, rule, self.applied_ts);
+            self.membership.ack_lag.tick(self.now, rule, self.applied_ts);
         }
         self.tick_replication();
         self.tick_membership();
@@ -678,8 +640,11 @@ impl Replica {
     /// The cluster as the master sees it (this node's own table if it is the master, else the
     /// last table the master sent with a heartbeat answer).
     pub fn cluster_status(&self) -> ClusterReport {
-        let members =
-            if self.is_master() { self.master_status_table() } else { self.master_table.clone() };
+        let members = if self.is_master() {
+            self.master_status_table()
+        } else {
+            self.membership.master_table.clone()
+        };
         ClusterReport {
             epoch: self.view.epoch,
             master: self.view.master,
@@ -957,11 +922,11 @@ mod tests {
     #[test]
     fn a_member_just_added_is_not_judged_silent_while_it_installs_the_state() {
         let mut master = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
-        master.newcomers.insert(3);
+        master.membership.newcomers.insert(3);
         let grace = 4 * master.cfg.failure_ticks;
-        master.now = master.view_started + 2 * master.cfg.failure_ticks;
+        master.now = master.membership.started + 2 * master.cfg.failure_ticks;
         assert_eq!(master.failed_members(), vec![2], "n2 is judged by its timeout, n3 not yet");
-        master.now = master.view_started + grace + 1;
+        master.now = master.membership.started + grace + 1;
         assert_eq!(master.failed_members(), vec![2, 3]);
     }
 }

@@ -37,7 +37,7 @@ pub struct SnapshotRecord {
     /// Per origin, the last oseq of the current epoch covered by the snapshot.
     pub received: Vec<(NodeId, Oseq)>,
     /// Deps of own applied actions that members may still ask for.
-    pub executed: Vec<(Timestamp, Deps)>,
+    pub own_commits: Vec<(Timestamp, Deps)>,
     /// This node's next oseq in the epoch.
     pub next_oseq: Oseq,
 }

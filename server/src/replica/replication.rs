@@ -37,10 +37,10 @@ impl Replica {
         if !self.is_member() || self.is_frozen() {
             return;
         }
-        while !self.queued_writes.is_empty() && self.in_flight.len() < self.cfg.window {
+        while !self.queued_writes.is_empty() && self.replication.in_flight.len() < self.cfg.window {
             self.propose_action();
         }
-        if !self.queued_gets.is_empty() && self.in_flight.len() < self.cfg.window {
+        if !self.queued_gets.is_empty() && self.replication.in_flight.len() < self.cfg.window {
             self.propose_fence();
         }
     }
@@ -60,9 +60,9 @@ impl Replica {
         }
         let writes: Vec<Write> = self.queued_writes.drain(..take).collect();
         let id = self.stamp();
-        let oseq = self.next_oseq;
-        self.next_oseq += 1;
-        self.received.insert(self.id(), oseq);
+        let oseq = self.replication.next_oseq;
+        self.replication.next_oseq += 1;
+        self.replication.received.insert(self.id(), oseq);
         let action = Action { id, epoch: self.view.epoch, oseq, writes, limits: self.view.limits };
         tracing::debug!(node = self.id(), id = %id, oseq, "created action");
         self.ready.log.push(LogRecord::Action(action.clone()));
@@ -87,7 +87,9 @@ impl Replica {
         let ack = self.own_ack(id);
         self.ready.after_sync.push(self.envelope(self.id(), ack));
         let resend_at = self.now + self.cfg.resend_ticks;
-        self.in_flight.insert(id, InFlight { msg, acks: BTreeMap::new(), resend_at, backoff: 1 });
+        self.replication
+            .in_flight
+            .insert(id, InFlight { msg, acks: BTreeMap::new(), resend_at, backoff: 1 });
     }
 
     fn stamp(&mut self) -> Timestamp {
@@ -97,7 +99,7 @@ impl Replica {
     }
 
     fn own_ack(&self, id: Timestamp) -> PeerMsg {
-        PeerMsg::Ack { id, hw: self.next_oseq - 1, applied: self.applied_ts }
+        PeerMsg::Ack { id, hw: self.replication.next_oseq - 1, applied: self.applied_ts }
     }
 
     fn observe(&mut self, ts: Timestamp) {
@@ -114,7 +116,7 @@ impl Replica {
         }
         let id = action.id;
         tracing::debug!(node = self.id(), id = %id, oseq = action.oseq, frozen = self.is_frozen(), "received action");
-        if self.received.insert(id.node, action.oseq) {
+        if self.replication.received.insert(id.node, action.oseq) {
             assert!(
                 id > self.applied_ts,
                 "n{} received {id} after applying {}: the delivery rule was broken",
@@ -127,7 +129,7 @@ impl Replica {
             }
             self.ready.log.push(LogRecord::Action(action.clone()));
             let mut held = self.new_held(HeldBody::Write(action), None);
-            held.acks = self.early_acks.remove(&id).unwrap_or_default();
+            held.acks = self.replication.early_acks.remove(&id).unwrap_or_default();
             self.held.insert(id, held);
             // A committed head may have been waiting for exactly this action.
             self.deliver();
@@ -160,17 +162,17 @@ impl Replica {
 
     pub(super) fn on_ack(&mut self, from: NodeId, id: Timestamp, hw: Oseq, applied: Timestamp) {
         if from != self.id() {
-            let seen = self.peer_applied.entry(from).or_default();
+            let seen = self.replication.peer_applied.entry(from).or_default();
             *seen = (*seen).max(applied);
-            self.forget_executed();
+            self.forget_own_commits();
         }
         if id.node != self.id() {
             return self.count_ack(from, id, hw);
         }
-        if let Some(f) = self.in_flight.get_mut(&id) {
+        if let Some(f) = self.replication.in_flight.get_mut(&id) {
             f.acks.entry(from).or_insert(hw);
             if f.acks.len() == self.members.len() {
-                self.ack_lag.done(id);
+                self.membership.ack_lag.done(id);
                 self.commit(id);
             } else if f.acks.len() + 1 == self.members.len() {
                 let acks = &f.acks;
@@ -180,8 +182,11 @@ impl Replica {
             return;
         }
         // A duplicate ack for a committed action: the member missed the Execute.
-        let deps =
-            self.executed.get(&id).or_else(|| self.held.get(&id).and_then(|h| h.deps.as_ref()));
+        let deps = self
+            .replication
+            .own_commits
+            .get(&id)
+            .or_else(|| self.held.get(&id).and_then(|h| h.deps.as_ref()));
         if let Some(deps) = deps.cloned() {
             if from != self.id() {
                 let env = self.envelope(from, PeerMsg::Execute { id, deps });
@@ -191,7 +196,7 @@ impl Replica {
     }
 
     pub(super) fn commit(&mut self, id: Timestamp) {
-        let f = self.in_flight.remove(&id).expect("committing an action in flight");
+        let f = self.replication.in_flight.remove(&id).expect("committing an action in flight");
         let deps = match &f.msg {
             PeerMsg::Action(a) => action_deps(f.acks, a),
             _ => f.acks.into_iter().collect(),
@@ -200,7 +205,7 @@ impl Replica {
             // The members learn the commit from each other's acks; the Execute goes only to
             // a member that acks again (it missed an ack), see above.
             self.ready.log.push(LogRecord::Commit { id, deps: deps.clone() });
-            self.executed.insert(id, deps.clone());
+            self.replication.own_commits.insert(id, deps.clone());
         }
         self.held.get_mut(&id).expect("own entry is held").deps = Some(deps);
         self.deliver();
@@ -218,8 +223,8 @@ impl Replica {
         let Some(held) = self.held.get_mut(&id) else {
             // Not here yet: kept until it arrives (it will, the origin re-sends until we ack)
             // or the epoch ends. Bounded so that a confused peer cannot grow it without end.
-            if id > self.applied_ts && self.early_acks.len() < MAX_EARLY_ACKS {
-                self.early_acks.entry(id).or_default().entry(from).or_insert(hw);
+            if id > self.applied_ts && self.replication.early_acks.len() < MAX_EARLY_ACKS {
+                self.replication.early_acks.entry(id).or_default().entry(from).or_insert(hw);
             }
             return;
         };
@@ -234,15 +239,17 @@ impl Replica {
         match (missing.next(), missing.next()) {
             (None, _) => {
                 let deps = action_deps(std::mem::take(&mut held.acks), action);
-                self.ack_lag.done(id);
-                self.on_execute(id, deps);
+                self.membership.ack_lag.done(id);
+                self.on_commit(id, deps);
             }
             (Some(last), None) => self.acks_wait_on(id, last),
             _ => {}
         }
     }
 
-    pub(super) fn on_execute(&mut self, id: Timestamp, deps: Deps) {
+    /// Action `id` committed with `deps`, learnt from the last ack or from the origin's
+    /// `Execute`: logs the commit and delivers what it unblocks.
+    pub(super) fn on_commit(&mut self, id: Timestamp, deps: Deps) {
         let Some(held) = self.held.get_mut(&id) else { return };
         if held.deps.is_some() {
             return;
@@ -252,14 +259,17 @@ impl Replica {
         self.deliver();
     }
 
-    fn forget_executed(&mut self) {
+    fn forget_own_commits(&mut self) {
         let others = self.others();
-        let low =
-            others.iter().map(|m| self.peer_applied.get(m).copied().unwrap_or_default()).min();
+        let low = others
+            .iter()
+            .map(|m| self.replication.peer_applied.get(m).copied().unwrap_or_default())
+            .min();
         match low {
-            None => self.executed.clear(),
+            None => self.replication.own_commits.clear(),
             Some(low) => {
-                self.executed = self.executed.split_off(&Timestamp::new(low.time, low.node + 1));
+                self.replication.own_commits =
+                    self.replication.own_commits.split_off(&Timestamp::new(low.time, low.node + 1));
             }
         }
     }
@@ -270,14 +280,15 @@ impl Replica {
     pub(super) fn deliver(&mut self) {
         while let Some(entry) = self.held.first_entry() {
             let Some(deps) = &entry.get().deps else { break };
-            if !deps.iter().all(|&(node, upto)| self.received.contiguous(node) >= upto) {
+            if !deps.iter().all(|&(node, upto)| self.replication.received.contiguous(node) >= upto)
+            {
                 break;
             }
             let (id, held) = entry.remove_entry();
             debug_assert!(id > self.applied_ts, "delivery out of order");
             // Early acks of actions that were committed some other way are of no more use.
-            while self.early_acks.first_key_value().is_some_and(|(t, _)| *t <= id) {
-                self.early_acks.pop_first();
+            while self.replication.early_acks.first_key_value().is_some_and(|(t, _)| *t <= id) {
+                self.replication.early_acks.pop_first();
             }
             match held.body {
                 HeldBody::Write(action) => self.apply_action(action),
@@ -326,7 +337,7 @@ impl Replica {
             .sum::<u64>();
         self.applied_ts = action.id;
         tracing::debug!(node = self.id(), epoch = self.view.epoch, id = %action.id, oseq = action.oseq, "applied");
-        self.applied_oseq.insert(action.id.node, action.oseq);
+        self.replication.applied_oseq.insert(action.id.node, action.oseq);
         self.ready.applied.push(action.id);
     }
 
@@ -355,9 +366,14 @@ impl Replica {
         let record = SnapshotRecord {
             snapshot: self.state.to_snapshot(self.view.epoch, self.applied_ts),
             view: self.view.clone(),
-            received: self.applied_oseq.iter().map(|(n, o)| (*n, *o)).collect(),
-            executed: self.executed.iter().map(|(t, d)| (*t, d.clone())).collect(),
-            next_oseq: self.next_oseq,
+            received: self.replication.applied_oseq.iter().map(|(n, o)| (*n, *o)).collect(),
+            own_commits: self
+                .replication
+                .own_commits
+                .iter()
+                .map(|(t, d)| (*t, d.clone()))
+                .collect(),
+            next_oseq: self.replication.next_oseq,
         };
         self.ready.log.push(LogRecord::Snapshot(std::sync::Arc::new(record)));
     }
@@ -368,7 +384,7 @@ impl Replica {
         let max = self.cfg.max_resend_ticks;
         let me = self.id();
         let mut resend = Vec::new();
-        for f in self.in_flight.values_mut().filter(|f| f.resend_at <= now) {
+        for f in self.replication.in_flight.values_mut().filter(|f| f.resend_at <= now) {
             f.backoff = (f.backoff * 2).min(max);
             f.resend_at = now + f.backoff;
             for &m in self.members.iter().filter(|m| **m != me && !f.acks.contains_key(m)) {
@@ -396,7 +412,7 @@ impl Replica {
         if held.deps.is_some() || id.node == me || held.reack_at > now {
             if held.deps.is_some() && held.reack_at <= now {
                 held.reack_at = now + max;
-                tracing::debug!(node = me, %id, deps = ?held.deps, received = ?self.received.watermarks(), "head committed but blocked");
+                tracing::debug!(node = me, %id, deps = ?held.deps, received = ?self.replication.received.watermarks(), "head committed but blocked");
             }
             return;
         }

@@ -20,11 +20,11 @@ use strstore_protocol::{
 };
 use tracing::{info, warn};
 
+use super::epoch::{EpochMembership, EpochReplication, NextView};
 use super::held::HeldBody;
 use super::node::Replica;
 use super::proposer::Proposer;
 use super::ready::Ticks;
-use super::received::Received;
 use super::records::LogRecord;
 use super::state::StringState;
 
@@ -34,10 +34,10 @@ impl Replica {
     }
 
     pub(super) fn tick_view_change(&mut self) {
-        if let Some(p) = &self.proposer {
+        if let Some(p) = &self.next_view.proposer {
             if self.now > p.started + self.cfg.failure_ticks {
                 info!(node = self.id(), epoch = p.epoch + 1, "view change timed out; will retry");
-                self.proposer = None;
+                self.next_view.proposer = None;
                 self.back_off_proposing();
             } else {
                 self.maybe_accept_phase();
@@ -89,7 +89,7 @@ impl Replica {
                 );
                 self.start_proposal([slow].into_iter().collect(), BTreeMap::new());
             }
-        } else if self.now.saturating_sub(self.master_heard)
+        } else if self.now.saturating_sub(self.membership.master_heard)
             > self.silence_timeout(self.view.master) + self.election_jitter
         {
             info!(
@@ -123,7 +123,7 @@ impl Replica {
         let me = self.id();
         let members = self.members.clone();
         let master = self.view.master;
-        let Some(p) = &mut self.proposer else { return };
+        let Some(p) = &mut self.next_view.proposer else { return };
         if now < p.resend_at {
             return;
         }
@@ -155,7 +155,7 @@ impl Replica {
 
     fn start_proposal(&mut self, remove: BTreeSet<NodeId>, add: BTreeMap<NodeId, Member>) {
         let remove = self.keeping_two_members(remove, &add);
-        self.ballot_round = self.ballot_round.max(self.promised.round) + 1;
+        self.ballot_round = self.ballot_round.max(self.next_view.promised.round) + 1;
         let ballot = Ballot { round: self.ballot_round, node: self.id() };
         info!(
             node = self.id(),
@@ -165,7 +165,7 @@ impl Replica {
             round = ballot.round,
             "starting view change"
         );
-        self.proposer = Some(Proposer {
+        self.next_view.proposer = Some(Proposer {
             epoch: self.view.epoch,
             ballot,
             remove,
@@ -180,7 +180,7 @@ impl Replica {
             quorum_at: None,
         });
         let deposes_master =
-            self.proposer.as_ref().is_some_and(|p| p.remove.contains(&self.view.master));
+            self.next_view.proposer.as_ref().is_some_and(|p| p.remove.contains(&self.view.master));
         self.send_to_view(PeerMsg::Prepare { ballot, deposes_master });
     }
 
@@ -227,7 +227,7 @@ impl Replica {
                     .iter()
                     .filter(|&&m| {
                         m == self.id()
-                            || self.last_heard.get(&m).is_some_and(|&t| {
+                            || self.membership.last_heard.get(&m).is_some_and(|&t| {
                                 self.now.saturating_sub(t) <= self.silence_timeout(m)
                             })
                     })
@@ -237,7 +237,8 @@ impl Replica {
             // Heard within half its timeout: a master that answers heartbeats (one every
             // `heartbeat_ticks`), not one that has just gone quiet.
             let master = self.view.master;
-            self.now.saturating_sub(self.master_heard) <= self.silence_timeout(master) / 2
+            self.now.saturating_sub(self.membership.master_heard)
+                <= self.silence_timeout(master) / 2
         }
     }
 
@@ -256,7 +257,7 @@ impl Replica {
     }
 
     fn refuse(&mut self, from: NodeId, ballot: Ballot) {
-        let env = self.envelope(from, PeerMsg::Nack { ballot, promised: self.promised });
+        let env = self.envelope(from, PeerMsg::Nack { ballot, promised: self.next_view.promised });
         self.ready.messages.push(env);
     }
 
@@ -266,7 +267,7 @@ impl Replica {
             let f = self.cfg.failure_ticks.max(1);
             self.stall_after = f + self.rng.gen_range(0..f);
         }
-        self.promised = ballot;
+        self.next_view.promised = ballot;
         self.ballot_round = self.ballot_round.max(ballot.round);
         self.ready.log.push(LogRecord::Promise { epoch: self.view.epoch + 1, ballot });
     }
@@ -285,14 +286,14 @@ impl Replica {
         // The same ballot again is a re-sent or duplicated Prepare: answer it as before. A
         // refusal would make the proposer give up, and a slow member gets every Prepare twice
         // (the proposer re-sends before the first answer is back).
-        if ballot != self.promised && (ballot < self.promised || sticky) {
+        if ballot != self.next_view.promised && (ballot < self.next_view.promised || sticky) {
             return self.refuse(from, ballot);
         }
-        if ballot != self.promised {
+        if ballot != self.next_view.promised {
             self.promise(ballot);
         }
         let pending = self.pending_log();
-        let msg = PeerMsg::Promise { ballot, accepted: self.accepted.clone(), pending };
+        let msg = PeerMsg::Promise { ballot, accepted: self.next_view.accepted.clone(), pending };
         let env = self.envelope(from, msg);
         self.ready.after_sync.push(env);
     }
@@ -319,7 +320,7 @@ impl Replica {
         accepted: Option<(Ballot, ViewProposal)>,
         pending: PendingLog,
     ) {
-        let Some(p) = &mut self.proposer else { return };
+        let Some(p) = &mut self.next_view.proposer else { return };
         if p.epoch != epoch || p.ballot != ballot || p.proposal.is_some() {
             return;
         }
@@ -335,7 +336,7 @@ impl Replica {
         let grace = 2 * self.cfg.resend_ticks;
         let now = self.now;
         let members = self.members.clone();
-        let Some(p) = &mut self.proposer else { return };
+        let Some(p) = &mut self.next_view.proposer else { return };
         if p.proposal.is_some() || p.promises.len() < majority {
             return;
         }
@@ -346,14 +347,14 @@ impl Replica {
             return;
         }
         let proposal = self.build_proposal();
-        let p = self.proposer.as_mut().expect("proposer");
+        let p = self.next_view.proposer.as_mut().expect("proposer");
         p.proposal = Some(proposal.clone());
         let ballot = p.ballot;
         self.send_to_view(PeerMsg::Accept { ballot, proposal });
     }
 
     fn build_proposal(&self) -> ViewProposal {
-        let p = self.proposer.as_ref().expect("proposer");
+        let p = self.next_view.proposer.as_ref().expect("proposer");
         let prior = p.promises.values().filter_map(|(a, _)| a.as_ref()).max_by_key(|(b, _)| *b);
         if let Some((_, proposal)) = prior {
             return proposal.clone();
@@ -370,9 +371,9 @@ impl Replica {
             .into_iter()
             .filter(|(id, _)| *id > applied_upto)
             .filter(|(id, _)| {
-                let executed = pendings.iter().any(|l| l.committed.contains(id));
+                let committed = pendings.iter().any(|l| l.committed.contains(id));
                 let everywhere = pendings.iter().all(|l| l.held.iter().any(|a| a.id == *id));
-                executed || everywhere
+                committed || everywhere
             })
             .map(|(_, a)| a.clone())
             .collect();
@@ -392,13 +393,13 @@ impl Replica {
     }
 
     pub(super) fn on_nack(&mut self, epoch: Epoch, ballot: Ballot, promised: Ballot) {
-        let Some(p) = &self.proposer else { return };
+        let Some(p) = &self.next_view.proposer else { return };
         if p.epoch != epoch || p.ballot != ballot || promised == ballot {
             return; // a late refusal from before that node promised this very ballot
         }
         info!(node = self.id(), ?ballot, ?promised, "view change refused; backing off");
         self.ballot_round = self.ballot_round.max(promised.round);
-        self.proposer = None;
+        self.next_view.proposer = None;
         self.back_off_proposing();
     }
 
@@ -412,13 +413,13 @@ impl Replica {
         if !self.acceptor_ready(from, epoch) || proposal.view.epoch != self.view.epoch + 1 {
             return;
         }
-        if ballot < self.promised {
+        if ballot < self.next_view.promised {
             return self.refuse(from, ballot);
         }
-        if ballot > self.promised {
+        if ballot > self.next_view.promised {
             self.promise(ballot);
         }
-        self.accepted = Some((ballot, proposal.clone()));
+        self.next_view.accepted = Some((ballot, proposal.clone()));
         self.ready.log.push(LogRecord::Accepted { ballot, proposal });
         let env = self.envelope(from, PeerMsg::Accepted { ballot });
         self.ready.after_sync.push(env);
@@ -426,7 +427,7 @@ impl Replica {
 
     pub(super) fn on_accepted(&mut self, from: NodeId, epoch: Epoch, ballot: Ballot) {
         let majority = self.majority();
-        let Some(p) = &mut self.proposer else { return };
+        let Some(p) = &mut self.next_view.proposer else { return };
         if p.epoch != epoch || p.ballot != ballot || p.proposal.is_none() {
             return;
         }
@@ -434,7 +435,7 @@ impl Replica {
         if p.accepts.len() < majority {
             return;
         }
-        let p = self.proposer.take().expect("proposer");
+        let p = self.next_view.proposer.take().expect("proposer");
         let proposal = p.proposal.expect("phase 2");
         let old: Vec<NodeId> = self.members.clone();
         self.install_decided(proposal.clone());
@@ -519,6 +520,13 @@ impl Replica {
             try_nodes: vec![],
         });
         self.state = StringState::from_snapshot(&snapshot);
+        info!(
+            node = self.id(),
+            epoch = view.epoch,
+            applied = self.state.digest().actions,
+            string_bytes = snapshot.value.len(),
+            "installed the cluster's state from a snapshot instead of replaying the old epoch"
+        );
         self.applied_ts = snapshot.applied;
         self.replay_base = snapshot.applied;
         // `Ready::applied` lists what was applied after `replay_base`; what this step applied
@@ -530,18 +538,12 @@ impl Replica {
 
     /// Resets everything scoped to an epoch and starts `view`.
     fn enter_view(&mut self, view: View) {
-        self.in_flight.clear();
-        self.received = Received::default();
-        self.executed.clear();
-        self.early_acks.clear();
-        self.join_hints.clear();
-        self.catch_ups_sent.clear();
-        self.peer_applied.clear();
-        self.applied_oseq.clear();
-        self.next_oseq = 1;
-        self.promised = Ballot::default();
-        self.accepted = None;
-        self.proposer = None;
+        let me = self.id();
+        let newcomers =
+            view.ids().into_iter().filter(|&m| m != me && !self.view.contains(m)).collect();
+        self.replication = EpochReplication::new();
+        self.membership = EpochMembership::entering(self.now, newcomers);
+        self.next_view = NextView::default();
         self.fresh_incarnation = false;
         self.clock = self.clock.max(self.applied_ts.time) + 1;
         self.bound_clock();
@@ -553,30 +555,11 @@ impl Replica {
             applied = self.applied_actions,
             "entered view"
         );
-        let hold = self.hold_down_config();
-        for m in self.view.members.iter().filter(|m| !view.contains(m.id)) {
-            self.departed.insert(m.id, (m.clone(), self.now));
-            self.hold_down.removed(m.id, self.now, hold);
-            info!(
-                node = self.id(),
-                removed = m.id,
-                "n{} left the view; it is added again once heard steadily for {} ms",
-                m.id,
-                self.hold_down.hold_of(m.id, hold) * self.cfg.tick_ms
-            );
-        }
-        let me = self.id();
-        self.newcomers =
-            view.ids().into_iter().filter(|&m| m != me && !self.view.contains(m)).collect();
-        self.ack_lag.clear();
+        self.note_departures(&view);
         self.gaps.values_mut().for_each(|g| g.restart());
         self.departed.retain(|id, _| !view.contains(*id));
         self.members = view.ids();
         self.view = view;
-        self.view_started = self.now;
-        self.last_heard.clear();
-        self.master_table.clear(); // the old master's table describes the old view
-        self.master_heard = self.now;
         let view = &self.view;
         self.joiners.retain(|id, _| !view.contains(*id));
         self.reset_election_timer();
@@ -588,6 +571,23 @@ impl Replica {
                 reason: format!("node {} was removed from the cluster; it is rejoining", self.id()),
                 try_nodes: self.view.members.iter().map(|m| m.client_addr.clone()).collect(),
             });
+        }
+    }
+
+    /// Members of the old view that `view` leaves out: `status` lists them as failed, and each
+    /// is held down before it may come back.
+    fn note_departures(&mut self, view: &View) {
+        let hold = self.hold_down_config();
+        for m in self.view.members.iter().filter(|m| !view.contains(m.id)) {
+            self.departed.insert(m.id, (m.clone(), self.now));
+            self.hold_down.removed(m.id, self.now, hold);
+            info!(
+                node = self.id(),
+                removed = m.id,
+                "n{} left the view; it is added again once heard steadily for {} ms",
+                m.id,
+                self.hold_down.hold_of(m.id, hold) * self.cfg.tick_ms
+            );
         }
     }
 }
