@@ -59,6 +59,9 @@ pub(super) struct EpochMembership {
     pub(super) ack_lag: AckLag,
     /// Members this view added that have not heartbeat in it yet (they install the state).
     pub(super) newcomers: BTreeSet<NodeId>,
+    /// Members this view added that have not acked in it yet: their first acks wait until
+    /// the state they installed is written.
+    pub(super) settling: BTreeSet<NodeId>,
     /// Nodes seen in a newer view since this node entered its own: asked to join as well.
     pub(super) join_hints: BTreeSet<NodeId>,
     /// When each member behind this epoch was last sent the state (`send_catch_up`).
@@ -74,6 +77,7 @@ impl EpochMembership {
             master_heard: now,
             master_table: Vec::new(),
             ack_lag: AckLag::default(),
+            settling: newcomers.clone(),
             newcomers,
             join_hints: BTreeSet::new(),
             catch_ups_sent: BTreeMap::new(),

@@ -379,8 +379,16 @@ impl Replica {
             .find(|&m| m != me && self.members.contains(&m))
     }
 
-    /// Master: notes for the ack-lag judge that every member but `missing` acked `id`.
+    /// Master: notes for the ack-lag judge that every member but `missing` acked `id`. A
+    /// member this view added is not judged before its first ack (within `NEWCOMER_GRACE`
+    /// longest failure timeouts): that ack waits until the state it installed is on disk,
+    /// seconds for a string of hundreds of megabytes, and judged by it a re-added member was
+    /// removed for lagging every time it came back.
     pub(super) fn acks_wait_on(&mut self, id: strstore_protocol::Timestamp, missing: NodeId) {
+        let grace_ends = self.membership.started + NEWCOMER_GRACE * self.cfg.failure_ticks;
+        if self.membership.settling.contains(&missing) && self.now <= grace_ends {
+            return;
+        }
         if self.is_master() && self.cfg.ack_lag_ticks > 0 {
             self.membership.ack_lag.waiting_on(id, missing, self.now);
         }

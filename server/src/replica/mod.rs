@@ -23,6 +23,7 @@
 //! per epoch) remove failed members and add joiners; every action of an epoch is applied or
 //! aborted before any action of the next.
 
+mod clients;
 mod detector;
 mod epoch;
 mod held;

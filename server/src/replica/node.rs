@@ -8,16 +8,17 @@
 //! The replication half lives in `replication.rs`, heartbeats and joins in `membership.rs`,
 //! the view change (single-decree Paxos per epoch) in `view_change.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use strstore_protocol::{
-    Action, AppliedDigest, Ballot, ClientId, ClusterReport, Deps, Envelope, Epoch, Error, Health,
-    Member, NodeId, Op, PeerMsg, ReplicaReport, Reply, ReqSeq, Request, Response, Timestamp, View,
+    Action, AppliedDigest, Ballot, ClusterReport, Deps, Envelope, Epoch, Error, Health, Member,
+    NodeId, Op, PeerMsg, ReplicaReport, Reply, ReqSeq, Request, Response, Timestamp, View,
     ViewProposal, Write, WriteOp,
 };
 
+use super::clients::ClientQueue;
 use super::detector::{Gaps, HoldDown, LagRule};
 use super::epoch::{EpochMembership, EpochReplication, NextView};
 use super::held::{Held, HeldBody, InFlight};
@@ -161,6 +162,8 @@ pub struct Replica {
     pub(super) membership: EpochMembership,
     /// The Paxos instance for the next view; replaced on entering a view.
     pub(super) next_view: NextView,
+    /// Requests waiting here: to be proposed, or for their write to apply.
+    pub(super) clients: ClientQueue,
     pub(super) cfg: Config,
     pub(super) now: Ticks,
     pub(super) rng: StdRng,
@@ -178,12 +181,6 @@ pub struct Replica {
     pub(super) since_snapshot: u64,
     /// Bytes of writes applied since the last snapshot (see `maybe_snapshot`).
     pub(super) logged_since_snapshot: u64,
-    pub(super) queued_writes: Vec<Write>,
-    /// Reads waiting for the next fence, with what each reads.
-    pub(super) queued_gets: Vec<(WaiterId, ReqSeq, Op)>,
-    /// Writes queued or held here, so a retry joins the original instead of being re-sent.
-    pub(super) pending: HashSet<(ClientId, ReqSeq)>,
-    pub(super) waiters: HashMap<(ClientId, ReqSeq), Vec<WaiterId>>,
     // Membership.
     pub(super) health: Health,
     pub(super) member_health: BTreeMap<NodeId, Health>,
@@ -231,6 +228,7 @@ impl Replica {
             replication: EpochReplication::new(),
             membership: EpochMembership::entering(0, BTreeSet::new()),
             next_view: NextView::default(),
+            clients: ClientQueue::default(),
             rng: StdRng::seed_from_u64(cfg.seed),
             members: view.ids(),
             view,
@@ -244,10 +242,6 @@ impl Replica {
             replay_base: Timestamp::default(),
             since_snapshot: 0,
             logged_since_snapshot: 0,
-            queued_writes: Vec::new(),
-            queued_gets: Vec::new(),
-            pending: HashSet::new(),
-            waiters: HashMap::new(),
             health: Health::default(),
             member_health: BTreeMap::new(),
             joiners: BTreeMap::new(),
@@ -349,9 +343,7 @@ impl Replica {
                 }
             }
         }
-        for w in &action.writes {
-            self.pending.insert((w.client, w.seq));
-        }
+        self.clients.hold(&action.writes);
         let held = self.new_held(HeldBody::Write(action.clone()), deps);
         self.held.insert(action.id, held);
     }
@@ -432,7 +424,7 @@ impl Replica {
             applied_ts: self.applied_ts,
             held: self.held.len(),
             in_flight: self.replication.in_flight.len(),
-            queued: self.queued_writes.len() + self.queued_gets.len(),
+            queued: self.clients.len(),
             member: self.is_member(),
             frozen: self.is_frozen(),
         }
@@ -458,7 +450,7 @@ impl Replica {
         }
         let op = match req.op {
             read @ (Op::Get | Op::GetRange { .. } | Op::Len) => {
-                self.queued_gets.push((waiter, req.seq, read));
+                self.clients.push_get((waiter, req.seq, read));
                 return;
             }
             Op::Append(v) => WriteOp::Append(v),
@@ -469,14 +461,10 @@ impl Replica {
         if size > max {
             return self.reply(waiter, req.seq, Err(Error::ValueTooLarge { size, max }));
         }
-        let key = (req.client, req.seq);
         if let Some(decided) = self.state.lookup(req.client, req.seq) {
             return self.reply(waiter, req.seq, decided.result(req.seq).map(Response::Len));
         }
-        self.waiters.entry(key).or_default().push(waiter);
-        if self.pending.insert(key) {
-            self.queued_writes.push(Write { client: req.client, seq: req.seq, op });
-        }
+        self.clients.push_write(waiter, Write { client: req.client, seq: req.seq, op });
     }
 
     /// Why this node cannot take requests now, if it cannot: it is outside the view, or it
@@ -527,21 +515,10 @@ impl Replica {
 
     /// Answers every waiting client with `err` (the node left the view).
     pub(super) fn fail_waiters(&mut self, err: Error) {
-        let gets = std::mem::take(&mut self.queued_gets);
-        for (waiter, seq, _) in gets {
+        let (gets, waiters) = self.clients.drain();
+        for (waiter, seq) in gets.into_iter().map(|(w, seq, _)| (w, seq)).chain(waiters) {
             self.reply(waiter, seq, Err(err.clone()));
         }
-        let waiters: Vec<_> = self.waiters.drain().collect();
-        for ((_, seq), ws) in waiters {
-            for w in ws {
-                self.ready.replies.push(ClientReply {
-                    waiter: w,
-                    reply: Reply { seq, result: Err(err.clone()) },
-                });
-            }
-        }
-        self.queued_writes.clear();
-        self.pending.clear();
     }
 
     pub(super) fn envelope(&self, to: NodeId, msg: PeerMsg) -> Envelope {
@@ -838,6 +815,62 @@ mod tests {
         replica.step(Envelope { from: 2, to: 3, epoch: 6, msg: prepare });
         assert!(replica.take_ready().messages.is_empty(), "rate-limited for now");
         assert_eq!(join_targets(&mut replica, 20), BTreeSet::from([1, 2]));
+    }
+
+    /// A view that re-adds n3 after it lagged: n3 first writes the state it installed, and
+    /// only then acks. With a 300 MB string those acks came seconds late and the master
+    /// removed n3 for lagging two seconds after every re-add (hold-downs of 1, 4, 16, 30 s).
+    /// Its lag counts from its first ack in the view on.
+    #[test]
+    fn a_member_just_added_is_not_judged_slow_before_its_first_ack() {
+        let mut cfg = Config::new(1, vec![1, 2, 3]);
+        let judged_after = cfg.ack_lag_ticks + cfg.ack_lag_for_ticks + 10;
+        // A grace far longer than both phases below: only n3's ack may end it.
+        cfg.failure_ticks = judged_after;
+        let mut master = Replica::new(cfg, Restored::default());
+        master.membership = EpochMembership::entering(master.now, BTreeSet::from([3]));
+        let lag_behind_n3 = |master: &mut Replica, ticks: u64| {
+            for _ in 0..ticks {
+                master.acks_wait_on(Timestamp::new(1_000 + master.now, 2), 3);
+                for m in [2, 3] {
+                    master.membership.last_heard.insert(m, master.now);
+                }
+                master.tick();
+            }
+            master.slow_member()
+        };
+        assert_eq!(lag_behind_n3(&mut master, judged_after), None, "n3 has not acked yet");
+        let ack = PeerMsg::Ack { id: Timestamp::new(1, 2), hw: 0, applied: Timestamp::default() };
+        master.step(Envelope { from: 3, to: 1, epoch: master.view.epoch, msg: ack });
+        assert_eq!(lag_behind_n3(&mut master, judged_after), Some(3), "n3 acked: judged now");
+    }
+
+    /// A proposer whose own Prepare comes back through its log after it promised a higher
+    /// ballot refuses itself. Its driver drops messages a node addresses to itself, so the
+    /// refusal must take effect inside the engine: the proposal is given up at once.
+    #[test]
+    fn a_proposer_that_refuses_its_own_prepare_gives_up_without_messaging_itself() {
+        let mut replica = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
+        let own = (0..10_000)
+            .find_map(|_| {
+                replica.tick();
+                let ready = replica.take_ready();
+                ready
+                    .after_sync
+                    .into_iter()
+                    .find(|e| e.to == 1 && matches!(e.msg, PeerMsg::Prepare { .. }))
+            })
+            .expect("n1 proposes to remove its silent members");
+        let PeerMsg::Prepare { ballot, .. } = own.msg else { unreachable!() };
+        let higher = Ballot { round: ballot.round + 1, node: 3 };
+        let prepare = PeerMsg::Prepare { ballot: higher, deposes_master: false };
+        replica.step(Envelope { from: 3, to: 1, epoch: own.epoch, msg: prepare });
+        replica.take_ready();
+        assert!(replica.next_view.proposer.is_some(), "n1's proposal still runs");
+        replica.step(own);
+        let ready = replica.take_ready();
+        assert!(ready.messages.iter().all(|e| e.to != 1), "{:?}", ready.messages);
+        assert!(replica.next_view.proposer.is_none(), "n1 kept a proposal it refused itself");
     }
 
     proptest::proptest! {

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use strstore_protocol::{
-    Action, Deps, NodeId, Op, Oseq, PeerMsg, ReqSeq, Response, Timestamp, Write,
-};
+use strstore_protocol::{Action, Deps, NodeId, Op, Oseq, PeerMsg, ReqSeq, Response, Timestamp};
 
 use super::held::{HeldBody, InFlight};
 use super::node::Replica;
@@ -37,28 +35,17 @@ impl Replica {
         if !self.is_member() || self.is_frozen() {
             return;
         }
-        while !self.queued_writes.is_empty() && self.replication.in_flight.len() < self.cfg.window {
+        while self.clients.has_writes() && self.replication.in_flight.len() < self.cfg.window {
             self.propose_action();
         }
-        if !self.queued_gets.is_empty() && self.replication.in_flight.len() < self.cfg.window {
+        if self.clients.has_gets() && self.replication.in_flight.len() < self.cfg.window {
             self.propose_fence();
         }
     }
 
     fn propose_action(&mut self) {
-        let mut bytes = 0;
-        let mut take = 0;
-        for w in &self.queued_writes {
-            let size = w.op.value().len();
-            let full =
-                bytes + size > self.cfg.max_action_bytes || take == self.cfg.max_action_writes;
-            if take > 0 && full {
-                break;
-            }
-            bytes += size;
-            take += 1;
-        }
-        let writes: Vec<Write> = self.queued_writes.drain(..take).collect();
+        let writes =
+            self.clients.take_action(self.cfg.max_action_bytes, self.cfg.max_action_writes);
         let id = self.stamp();
         let oseq = self.replication.next_oseq;
         self.replication.next_oseq += 1;
@@ -71,7 +58,7 @@ impl Replica {
     }
 
     fn propose_fence(&mut self) {
-        let gets = std::mem::take(&mut self.queued_gets);
+        let gets = self.clients.take_gets();
         let id = self.stamp();
         self.start_in_flight(id, PeerMsg::Fence { id });
         self.held.insert(id, self.new_held(HeldBody::Fence { gets }, None));
@@ -124,9 +111,7 @@ impl Replica {
                 self.applied_ts
             );
             self.observe(id);
-            for w in &action.writes {
-                self.pending.insert((w.client, w.seq));
-            }
+            self.clients.hold(&action.writes);
             self.ready.log.push(LogRecord::Action(action.clone()));
             let mut held = self.new_held(HeldBody::Write(action), None);
             held.acks = self.replication.early_acks.remove(&id).unwrap_or_default();
@@ -161,6 +146,7 @@ impl Replica {
     }
 
     pub(super) fn on_ack(&mut self, from: NodeId, id: Timestamp, hw: Oseq, applied: Timestamp) {
+        self.membership.settling.remove(&from);
         if from != self.id() {
             let seen = self.replication.peer_applied.entry(from).or_default();
             *seen = (*seen).max(applied);
@@ -321,9 +307,7 @@ impl Replica {
     pub(super) fn apply_action(&mut self, action: Action) {
         for w in &action.writes {
             let applied: Applied = self.state.apply(w, &action.limits);
-            let key = (w.client, w.seq);
-            self.pending.remove(&key);
-            for waiter in self.waiters.remove(&key).unwrap_or_default() {
+            for waiter in self.clients.applied(w.client, w.seq) {
                 self.reply(waiter, w.seq, applied.result(w.seq).map(Response::Len));
             }
         }

@@ -256,8 +256,15 @@ impl Replica {
         self.is_member() && self.members.contains(&from)
     }
 
+    /// Refuses `ballot`. Refusing our own (its Prepare came back through the log after we
+    /// promised a higher one) gives up our proposal here and now: a message addressed to
+    /// ourselves would never be delivered by the driver.
     fn refuse(&mut self, from: NodeId, ballot: Ballot) {
-        let env = self.envelope(from, PeerMsg::Nack { ballot, promised: self.next_view.promised });
+        let promised = self.next_view.promised;
+        if from == self.id() {
+            return self.on_nack(self.view.epoch, ballot, promised);
+        }
+        let env = self.envelope(from, PeerMsg::Nack { ballot, promised });
         self.ready.messages.push(env);
     }
 
@@ -501,13 +508,7 @@ impl Replica {
             }
         }
         // Writes that did not commit are re-queued for the new epoch if a client waits here.
-        let mut queue: Vec<Write> =
-            aborted.into_iter().filter(|w| self.waiters.contains_key(&(w.client, w.seq))).collect();
-        queue.append(&mut self.queued_writes);
-        self.pending = queue.iter().map(|w| (w.client, w.seq)).collect();
-        self.queued_writes = queue;
-        gets.append(&mut self.queued_gets);
-        self.queued_gets = gets;
+        self.clients.requeue(aborted, gets);
         self.enter_view(proposal.view.clone());
         self.last_decided = Some(proposal);
     }
