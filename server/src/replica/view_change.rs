@@ -245,8 +245,12 @@ impl Replica {
     /// Common checks of phase 1 and 2 requests: same epoch, and this node is a member.
     fn acceptor_ready(&mut self, from: NodeId, epoch: Epoch) -> bool {
         if epoch < self.view.epoch {
-            let env = self.envelope(from, PeerMsg::StaleEpoch { current: self.view.epoch });
-            self.ready.messages.push(env);
+            // Our own request of the old epoch, back through the log after the change: nothing
+            // to tell ourselves.
+            if from != self.id() {
+                let env = self.envelope(from, PeerMsg::StaleEpoch { current: self.view.epoch });
+                self.ready.messages.push(env);
+            }
             return false;
         }
         if epoch > self.view.epoch {
