@@ -9,7 +9,7 @@
 
 mod log;
 mod network;
-mod node;
+pub mod node;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
