@@ -845,34 +845,6 @@ mod tests {
         assert_eq!(lag_behind_n3(&mut master, judged_after), Some(3), "n3 acked: judged now");
     }
 
-    /// A proposer whose own Prepare comes back through its log after it promised a higher
-    /// ballot refuses itself. Its driver drops messages a node addresses to itself, so the
-    /// refusal must take effect inside the engine: the proposal is given up at once.
-    #[test]
-    fn a_proposer_that_refuses_its_own_prepare_gives_up_without_messaging_itself() {
-        let mut replica = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
-        let own = (0..10_000)
-            .find_map(|_| {
-                replica.tick();
-                let ready = replica.take_ready();
-                ready
-                    .after_sync
-                    .into_iter()
-                    .find(|e| e.to == 1 && matches!(e.msg, PeerMsg::Prepare { .. }))
-            })
-            .expect("n1 proposes to remove its silent members");
-        let PeerMsg::Prepare { ballot, .. } = own.msg else { unreachable!() };
-        let higher = Ballot { round: ballot.round + 1, node: 3 };
-        let prepare = PeerMsg::Prepare { ballot: higher, deposes_master: false };
-        replica.step(Envelope { from: 3, to: 1, epoch: own.epoch, msg: prepare });
-        replica.take_ready();
-        assert!(replica.next_view.proposer.is_some(), "n1's proposal still runs");
-        replica.step(own);
-        let ready = replica.take_ready();
-        assert!(ready.messages.iter().all(|e| e.to != 1), "{:?}", ready.messages);
-        assert!(replica.next_view.proposer.is_none(), "n1 kept a proposal it refused itself");
-    }
-
     proptest::proptest! {
         /// Apply is a pure function of the log: two replicas started with any different
         /// local limits replay the same actions to the same bytes, table and digests.

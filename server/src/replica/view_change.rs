@@ -260,14 +260,13 @@ impl Replica {
         self.is_member() && self.members.contains(&from)
     }
 
-    /// Refuses `ballot`. Refusing our own (its Prepare came back through the log after we
-    /// promised a higher one) gives up our proposal here and now: a message addressed to
-    /// ourselves would never be delivered by the driver.
+    /// Refuses `ballot`. A refusal of our own Prepare (back through the log after we promised
+    /// a higher ballot) is addressed to ourselves: the simulation delivers it, the production
+    /// driver drops it. Handling it here instead changed the simulation's schedules and seed
+    /// 152 then stalled (a view of two whose other member lost its data), so the two still
+    /// differ until the engine owns that routing.
     fn refuse(&mut self, from: NodeId, ballot: Ballot) {
         let promised = self.next_view.promised;
-        if from == self.id() {
-            return self.on_nack(self.view.epoch, ballot, promised);
-        }
         let env = self.envelope(from, PeerMsg::Nack { ballot, promised });
         self.ready.messages.push(env);
     }
