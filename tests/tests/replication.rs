@@ -74,14 +74,8 @@ fn killed_node_restarts_with_its_log_and_catches_up() {
     // The view stays as it is while n3 is down: this is about the restart from its own log,
     // not about its removal (membership.rs has those tests). A dead member's acks never come,
     // so without `--ack-lag-ms 0` it would be removed for lagging after a second.
-    let static_view = [
-        "--failure-timeout-ms",
-        "60000",
-        "--max-failure-timeout-ms",
-        "60000",
-        "--ack-lag-ms",
-        "0",
-    ];
+    let static_view =
+        ["--failure-timeout-ms", "60000", "--max-failure-timeout-ms", "60000", "--ack-lag-ms", "0"];
     let mut c = TestCluster::start_with(3, &static_view);
     for i in 0..20 {
         c.cli_ok(1 + i % 3, &["append", &format!("<{i}>")]);

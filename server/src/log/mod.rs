@@ -1,5 +1,5 @@
-//! The durable log: where the engine's [`LogRecord`]s go before any message that depends on
-//! them is sent.
+//! The durable log: where the engine's [`LogRecord`](crate::replica::LogRecord)s go before
+//! any message that depends on them is sent.
 //!
 //! Two implementations share the [`LogStore`] trait: [`DiskLog`] on disk for real nodes and
 //! [`MemLog`] for the simulation, which models a crash by dropping whatever was not synced.

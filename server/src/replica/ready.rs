@@ -5,7 +5,8 @@ use strstore_protocol::{Envelope, Reply, Timestamp, View};
 
 use super::records::LogRecord;
 
-/// Logical time. The driver calls [`Replica::tick`] every `tick_ms` of wall time.
+/// Logical time. The driver calls [`Replica::tick`](super::Replica::tick) every `tick_ms` of
+/// wall time.
 pub type Ticks = u64;
 /// Opaque handle the driver uses to route a reply back to a waiting client connection.
 pub type WaiterId = u64;
