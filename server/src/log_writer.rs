@@ -44,7 +44,7 @@ impl LogWriter {
     /// all of a batch in one input: each hand-over to the runtime is a wake-up (an eventfd
     /// write that cost ~50 us on a busy node), so one per batch rather than one per message.
     /// The input also says how many jobs became durable, so that the engine knows when
-    /// everything it submitted is on disk (see `Engine::dispatch`).
+    /// everything it submitted is on disk (see `EngineDriver::dispatch`).
     pub fn spawn<L: LogStore + Send + 'static>(mut log: L, inbox: mpsc::Sender<Input>) -> Self {
         let (jobs, rx) = std_mpsc::channel::<LogJob>();
         let thread = std::thread::Builder::new()

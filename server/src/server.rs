@@ -57,7 +57,7 @@ pub struct Bound {
 /// SIGHUP reloads the TLS material (`watch_sighup`).
 ///
 /// A log that fails does not end the process: the node stops serving from it (see
-/// `Engine::log_failed`); when the failure was a full disk and space comes back, the node
+/// `EngineDriver::log_failed`); when the failure was a full disk and space comes back, the node
 /// starts again from what its log holds, as after a restart, and rejoins the cluster.
 pub async fn run(
     cfg: NodeConfig,
@@ -127,7 +127,7 @@ impl Edge {
     }
 }
 
-/// Why [`Engine::run`] returned.
+/// Why [`EngineDriver::run`] returned.
 enum Stopped {
     Shutdown,
     /// The log failed for lack of space, and there is room again.
@@ -199,7 +199,7 @@ async fn run_life(
     tokio::spawn(sampler.run_every(HEALTH_EVERY, inbox_tx.clone(), stop_rx.clone()));
     let writer = LogWriter::spawn(log, inbox_tx);
     info!(client = %listeners.bound.client, peer = ?listeners.bound.peer, "node ready");
-    let engine = Engine {
+    let driver = EngineDriver {
         replica,
         writer,
         peers,
@@ -211,7 +211,7 @@ async fn run_life(
         data_dir: cfg.data_dir.clone(),
         failed: None,
     };
-    let (writer, stopped) = engine.run(inbox_rx, cfg.tick, shutdown).await;
+    let (writer, stopped) = driver.run(inbox_rx, cfg.tick, shutdown).await;
     let _ = stop_tx.send(true);
     writer.close();
     stopped
@@ -344,8 +344,9 @@ impl StallWatch {
     }
 }
 
-/// The engine task's state.
-struct Engine {
+/// The task that drives the engine: feeds it inputs and ticks, and carries out its `Ready`:
+/// the log writer, the peers, the waiting clients.
+struct EngineDriver {
     replica: Replica,
     writer: LogWriter,
     peers: PeerSenders,
@@ -376,7 +377,7 @@ const ROOM_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the node samples its health for heartbeats.
 const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-impl Engine {
+impl EngineDriver {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Input>,
