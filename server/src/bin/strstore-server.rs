@@ -70,18 +70,25 @@ fn main() -> anyhow::Result<()> {
     };
     let runtime = runtime.enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
-        strstore_server::server::run(cfg, shutdown_signal(), |_| {}).await.context("node failed")
+        let shutdown = shutdown_signal()?;
+        strstore_server::server::run(cfg, shutdown, |_| {}).await.context("node failed")
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM, so that the node flushes its log before exiting.
-async fn shutdown_signal() {
+/// Installs the Ctrl-C and SIGTERM handlers now and resolves on either, so that the node
+/// flushes its log before exiting. Installed lazily, when the node first polled its shutdown
+/// future, a SIGTERM that came after the ports were open but before that still killed the
+/// process outright (a storage test stopping a node just after its start saw it).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    })
 }
 
 #[cfg(test)]
