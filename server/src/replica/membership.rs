@@ -381,12 +381,19 @@ impl Replica {
 
     /// Master: notes for the ack-lag judge that every member but `missing` acked `id`. A
     /// member this view added is not judged before its first ack (within `NEWCOMER_GRACE`
-    /// longest failure timeouts): that ack waits until the state it installed is on disk,
-    /// seconds for a string of hundreds of megabytes, and judged by it a re-added member was
-    /// removed for lagging every time it came back.
+    /// longest failure timeouts) while it heartbeats: that ack waits until the state it
+    /// installed is on disk, seconds for a string of hundreds of megabytes, and judged by it
+    /// a re-added member was removed for lagging every time it came back. One that is not
+    /// heard (it died on arrival) is judged at once, as any member: otherwise only the
+    /// newcomer's long silence grace would remove it, and writes would wait that long.
     pub(super) fn acks_wait_on(&mut self, id: strstore_protocol::Timestamp, missing: NodeId) {
         let grace_ends = self.membership.started + NEWCOMER_GRACE * self.cfg.failure_ticks;
-        if self.membership.settling.contains(&missing) && self.now <= grace_ends {
+        let heard = self
+            .membership
+            .last_heard
+            .get(&missing)
+            .is_some_and(|&at| self.now.saturating_sub(at) <= self.silence_timeout(missing));
+        if self.membership.settling.contains(&missing) && heard && self.now <= grace_ends {
             return;
         }
         if self.is_master() && self.cfg.ack_lag_ticks > 0 {

@@ -831,15 +831,24 @@ mod tests {
         master.membership = EpochMembership::entering(master.now, BTreeSet::from([3]));
         let lag_behind_n3 = |master: &mut Replica, ticks: u64| {
             for _ in 0..ticks {
-                master.acks_wait_on(Timestamp::new(1_000 + master.now, 2), 3);
                 for m in [2, 3] {
                     master.membership.last_heard.insert(m, master.now);
                 }
+                master.acks_wait_on(Timestamp::new(1_000 + master.now, 2), 3);
                 master.tick();
             }
             master.slow_member()
         };
         assert_eq!(lag_behind_n3(&mut master, judged_after), None, "n3 has not acked yet");
+        // A newcomer that stops heartbeating (it died on arrival) is judged like any member.
+        let mut dead = Replica::new(master.cfg.clone(), Restored::default());
+        dead.membership = EpochMembership::entering(dead.now, BTreeSet::from([3]));
+        for _ in 0..judged_after {
+            dead.acks_wait_on(Timestamp::new(1_000 + dead.now, 2), 3);
+            dead.membership.last_heard.insert(2, dead.now);
+            dead.tick();
+        }
+        assert_eq!(dead.slow_member(), Some(3), "a silent newcomer holds writes back");
         let ack = PeerMsg::Ack { id: Timestamp::new(1, 2), hw: 0, applied: Timestamp::default() };
         master.step(Envelope { from: 3, to: 1, epoch: master.view.epoch, msg: ack });
         assert_eq!(lag_behind_n3(&mut master, judged_after), Some(3), "n3 acked: judged now");
