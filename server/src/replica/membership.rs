@@ -95,6 +95,7 @@ impl Replica {
         }
         if epoch == self.view.epoch && self.view.contains(from) {
             self.membership.newcomers.remove(&from);
+            self.membership.heard_from(from);
             self.membership.last_heard.insert(from, self.now);
             self.heard(from);
             self.member_health.insert(from, health);
@@ -165,6 +166,9 @@ impl Replica {
         if epoch > self.view.epoch {
             self.ask_to_join(Some(from)); // the forwarder knows a newer view than we do
             return;
+        }
+        if fresh && from == member.id && self.view.contains(from) && from != self.id() {
+            self.membership.lost_its_data(member.id);
         }
         // A member of our view that asks to join missed the decision that started it, so no
         // action of this epoch can have committed (that needs its ack). If we applied nothing

@@ -587,6 +587,7 @@ impl Replica {
         if !self.is_member() || !self.members.contains(&env.from) {
             return;
         }
+        self.membership.heard_from(env.from);
         match env.msg {
             PeerMsg::Action(action) => self.on_action(env.from, action),
             PeerMsg::Fence { id } => self.on_fence(env.from, id),

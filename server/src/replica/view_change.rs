@@ -33,6 +33,33 @@ impl Replica {
         self.members.len() / 2 + 1
     }
 
+    /// How many members count as having answered a phase of a view change: those in
+    /// `answered`, and members that lost their data (`EpochMembership::lost_data`) once every
+    /// other member answered, if fewer than a majority lost it.
+    ///
+    /// Why that is safe: a member that lost its data forgot its promises and acceptances, so
+    /// its answer could only be "nothing". What it forgot is known to the others: any other
+    /// quorum of this epoch holds a member that did not lose its data (fewer than a majority
+    /// did), and this quorum holds them all; an action committed in the epoch was acked by
+    /// every member, so all of them hold it. Without this, a view of two whose other member
+    /// lost its data and missed the decision that re-added it could never change again (the
+    /// simulation found such runs).
+    fn quorum_count(&self, answered: &BTreeSet<NodeId>) -> usize {
+        let lost: BTreeSet<NodeId> = self
+            .membership
+            .lost_data
+            .iter()
+            .filter(|m| self.members.contains(m) && !answered.contains(m))
+            .copied()
+            .collect();
+        let others_in = self.members.iter().all(|m| answered.contains(m) || lost.contains(m));
+        if others_in && !lost.is_empty() && lost.len() < self.majority() {
+            answered.len() + lost.len()
+        } else {
+            answered.len()
+        }
+    }
+
     pub(super) fn tick_view_change(&mut self) {
         if let Some(p) = &self.next_view.proposer {
             if self.now > p.started + self.cfg.failure_ticks {
@@ -336,6 +363,7 @@ impl Replica {
         }
         p.promises.insert(from, (accepted, pending));
         p.promised_by.insert(from);
+        self.membership.heard_from(from);
         self.maybe_accept_phase();
     }
 
@@ -346,8 +374,13 @@ impl Replica {
         let grace = 2 * self.cfg.resend_ticks;
         let now = self.now;
         let members = self.members.clone();
+        let Some(promised) =
+            self.next_view.proposer.as_ref().map(|p| self.quorum_count(&p.promised_by))
+        else {
+            return;
+        };
         let Some(p) = &mut self.next_view.proposer else { return };
-        if p.proposal.is_some() || p.promises.len() < majority {
+        if p.proposal.is_some() || promised < majority {
             return;
         }
         let quorum_at = *p.quorum_at.get_or_insert(now);
@@ -442,7 +475,8 @@ impl Replica {
             return;
         }
         p.accepts.insert(from);
-        if p.accepts.len() < majority {
+        let accepts = p.accepts.clone();
+        if self.quorum_count(&accepts) < majority {
             return;
         }
         let p = self.next_view.proposer.take().expect("proposer");
@@ -593,5 +627,62 @@ impl Replica {
                 self.hold_down.hold_of(m.id, hold) * self.cfg.tick_ms
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::node::Config;
+    use super::super::records::Restored;
+    use super::*;
+
+    /// Runs `nodes` for `ticks` ticks, delivering every message at once (those that wait for
+    /// the log as if it were durable at once); `to` indexes `nodes` by node id - 1.
+    fn run(nodes: &mut [Replica], ticks: usize) {
+        for _ in 0..ticks {
+            for i in 0..nodes.len() {
+                nodes[i].tick();
+                let mut inbox: Vec<strstore_protocol::Envelope> = Vec::new();
+                loop {
+                    nodes[i].propose();
+                    let ready = nodes[i].take_ready();
+                    if ready.messages.is_empty() && ready.after_sync.is_empty() {
+                        break;
+                    }
+                    for env in ready.after_sync.into_iter().chain(ready.messages) {
+                        if env.to == nodes[i].id() {
+                            nodes[i].step(env);
+                        } else {
+                            inbox.push(env);
+                        }
+                    }
+                }
+                for env in inbox {
+                    let to = env.to as usize - 1;
+                    nodes[to].step(env);
+                }
+            }
+        }
+    }
+
+    /// A view of two whose other member lost its data (it restarted repaired and asks to
+    /// join as a fresh incarnation, so it answers no view change of this epoch): the master
+    /// re-adds it from a snapshot on its own, since nothing the lost member forgot can be
+    /// missing from the master. Without the rule the master stays frozen for good.
+    #[test]
+    fn a_view_of_two_whose_other_member_lost_its_data_changes_without_it() {
+        let master = Replica::new(Config::new(1, vec![1, 2]), Restored::default());
+        let mut cfg = Config::new(2, vec![1, 2]);
+        cfg.fresh_incarnation = true;
+        cfg.start_outside_views();
+        let lost = Replica::new(cfg, Restored::default());
+        let mut nodes = vec![master, lost];
+        let failure = nodes[0].cfg.failure_ticks as usize;
+        run(&mut nodes, 10 * failure);
+        let (master, lost) = (&nodes[0], &nodes[1]);
+        assert!(master.view().epoch >= 2, "the master moved on: {:?}", master.view());
+        assert!(!master.is_frozen(), "the master is not stuck in the view change");
+        assert_eq!(lost.view().epoch, master.view().epoch, "the lost member entered it");
+        assert!(lost.is_member());
     }
 }
