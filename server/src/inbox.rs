@@ -15,8 +15,8 @@ pub enum Input {
     Inspect { reply: mpsc::UnboundedSender<ServerFrame> },
     /// A message from a peer.
     Peer(Envelope),
-    /// The log writer made `jobs` more jobs durable and released their messages, in order.
-    Synced { jobs: usize, messages: Vec<Envelope> },
+    /// The log writer made every write up to `through` durable.
+    Synced { through: crate::engine::WriteNumber },
     /// The log writer could not write or sync; it has stopped.
     LogFailed(crate::log::LogError),
     /// A new sample of this node's health, for its heartbeats.

@@ -1,7 +1,9 @@
 //! A strstore node.
 //!
 //! Layout:
-//! - [`replica`]: the replication engine, a deterministic state machine (no I/O).
+//! - [`replica`]: the replication engine, a deterministic state machine (no I/O);
+//!   [`engine`] wraps it with the durability handshake (which message waits for which log
+//!   write), the one pipeline both the production driver and the simulation run.
 //! - [`log`]: the durable log the engine's records go to (a write-ahead file, a snapshot
 //!   file and sled on disk; memory in tests), and [`log_writer`], the thread that
 //!   group-commits it; [`storage`] opens a data directory and repairs a damaged one.
@@ -20,6 +22,7 @@ pub mod client_conn;
 pub mod config;
 pub mod detection;
 pub mod edge;
+pub mod engine;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod health;

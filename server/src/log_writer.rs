@@ -1,111 +1,88 @@
 //! The log writer thread: group commit.
 //!
-//! The engine hands over jobs (records to log, messages to send once they are durable). The
-//! thread takes every job waiting, appends them all, syncs once, then releases their messages
-//! in order. While it syncs, new jobs queue up and share the next sync: that is how one fsync
-//! comes to cover many actions.
+//! The driver hands over the engine's writes in order. The thread takes every write waiting,
+//! appends them all, syncs once, then tells the engine the highest write number now durable.
+//! While it syncs, new writes queue up and share the next sync: that is how one fsync comes to
+//! cover many actions.
 //!
-//! A batch made only of `Commit` records, with no message waiting on it, is appended but not
-//! synced at once: nothing is released on its account (the engine applies and answers on a
-//! commit without waiting for its record, and a lost commit record is re-learned from the
-//! peers after a restart, as when a crash hits between write and sync). It is synced by the
-//! next batch that needs a sync, or after [`IDLE_SYNC`] without one. On a loaded node that
-//! halves the syncs: every action is followed by its commit.
+//! A batch of writes none of which is urgent (commit records nothing waits on, see `engine`)
+//! is appended but not synced at once. It is synced by the next batch that needs a sync, or
+//! after [`IDLE_SYNC`] without one.
 
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use strstore_protocol::Envelope;
 use tokio::sync::mpsc;
 use tracing::error;
 
+use crate::engine::{LogWrite, WriteNumber};
 use crate::inbox::Input;
 use crate::log::{LogError, LogStore};
-use crate::replica::LogRecord;
 
-/// Longest a deferred batch of commit records stays unsynced when nothing else comes.
+/// Longest a batch of writes that are not urgent stays unsynced when nothing else comes.
 pub const IDLE_SYNC: Duration = Duration::from_millis(5);
-
-/// One engine step's durable work.
-pub struct LogJob {
-    pub records: Vec<LogRecord>,
-    pub after_sync: Vec<Envelope>,
-}
 
 /// Handle to the writer thread; dropping the sender side ends it after a final sync.
 pub struct LogWriter {
-    jobs: std_mpsc::Sender<LogJob>,
+    writes: std_mpsc::Sender<LogWrite>,
     thread: JoinHandle<()>,
 }
 
 impl LogWriter {
-    /// Starts the thread. The messages a sync releases go back to the engine through `inbox`,
-    /// all of a batch in one input: each hand-over to the runtime is a wake-up (an eventfd
-    /// write that cost ~50 us on a busy node), so one per batch rather than one per message.
-    /// The input also says how many jobs became durable, so that the engine knows when
-    /// everything it submitted is on disk (see `EngineDriver::dispatch`).
+    /// Starts the thread. Each sync is reported back through `inbox` once, for the whole
+    /// batch: each hand-over to the runtime is a wake-up (an eventfd write that cost ~50 us on
+    /// a busy node), so one per batch rather than one per write.
     pub fn spawn<L: LogStore + Send + 'static>(mut log: L, inbox: mpsc::Sender<Input>) -> Self {
-        let (jobs, rx) = std_mpsc::channel::<LogJob>();
+        let (writes, rx) = std_mpsc::channel::<LogWrite>();
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
                 if let Err(error) = write_loop(&mut log, &rx, &inbox) {
-                    // Nothing of the failed batch is released, and nothing more is written:
-                    // after a failed write or fsync, what was not synced is presumed lost
-                    // (it is never retried as if it had succeeded). The engine decides what
-                    // the node does next; the log closes when this thread returns.
+                    // Nothing of the failed batch is reported durable, and nothing more is
+                    // written: after a failed write or fsync, what was not synced is presumed
+                    // lost (it is never retried as if it had succeeded). The engine decides
+                    // what the node does next; the log closes when this thread returns.
                     error!(error = %error, "the durable log failed; nothing more is acknowledged");
                     let _ = inbox.blocking_send(Input::LogFailed(error));
                 }
             })
             .expect("spawning the log writer thread");
-        Self { jobs, thread }
+        Self { writes, thread }
     }
 
-    /// Queues a job. Never blocks.
-    pub fn submit(&self, job: LogJob) {
+    /// Queues a write. Never blocks.
+    pub fn submit(&self, write: LogWrite) {
         // The thread only ends when this sender is dropped, or after the log failed (the
         // engine has been told; what is sent after that is never written).
-        let _ = self.jobs.send(job);
+        let _ = self.writes.send(write);
     }
 
     /// Waits until everything submitted is durable and the thread has ended.
     pub fn close(self) {
-        drop(self.jobs);
+        drop(self.writes);
         let _ = self.thread.join();
-    }
-}
-
-impl LogJob {
-    /// True when nothing depends on this job being durable soon: commit records only, and
-    /// no message to release.
-    fn can_wait(&self) -> bool {
-        self.after_sync.is_empty()
-            && self.records.iter().all(|r| matches!(r, LogRecord::Commit { .. }))
     }
 }
 
 /// Group commit until the engine goes away or the log fails.
 fn write_loop<L: LogStore>(
     log: &mut L,
-    rx: &std_mpsc::Receiver<LogJob>,
+    rx: &std_mpsc::Receiver<LogWrite>,
     inbox: &mpsc::Sender<Input>,
 ) -> Result<(), LogError> {
     // Records appended since the last sync.
     let mut dirty = false;
-    // Jobs taken since the engine was last told they are durable.
-    let mut unreported = 0;
+    // Highest write appended, and whether the engine was told it is durable.
+    let mut last: Option<WriteNumber> = None;
     loop {
         let first = if dirty {
             match rx.recv_timeout(IDLE_SYNC) {
-                Ok(job) => job,
+                Ok(write) => write,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
                     log.sync()?;
                     dirty = false;
-                    let synced = Input::Synced { jobs: unreported, messages: Vec::new() };
-                    unreported = 0;
-                    if inbox.blocking_send(synced).is_err() {
+                    if !report(inbox, last.take()) {
                         return Ok(());
                     }
                     continue;
@@ -114,25 +91,25 @@ fn write_loop<L: LogStore>(
             }
         } else {
             match rx.recv() {
-                Ok(job) => job,
+                Ok(write) => write,
                 Err(_) => break,
             }
         };
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        dirty |= append(log, &batch)?;
-        unreported += batch.len();
-        if batch.iter().all(LogJob::can_wait) {
+        for write in batch.iter().filter(|w| !w.records.is_empty()) {
+            dirty = true;
+            log.append(&write.records)?;
+        }
+        last = batch.last().map(|w| w.number);
+        if !batch.iter().any(|w| w.urgent) {
             continue;
         }
         if dirty {
             log.sync()?;
             dirty = false;
         }
-        let messages: Vec<Envelope> = batch.into_iter().flat_map(|j| j.after_sync).collect();
-        let synced = Input::Synced { jobs: unreported, messages };
-        unreported = 0;
-        if inbox.blocking_send(synced).is_err() {
+        if !report(inbox, last.take()) {
             return Ok(()); // engine gone: shutting down
         }
     }
@@ -142,43 +119,20 @@ fn write_loop<L: LogStore>(
     Ok(())
 }
 
-/// Appends every record of the batch; true if there was any.
-fn append<L: LogStore>(log: &mut L, batch: &[LogJob]) -> Result<bool, LogError> {
-    let mut wrote = false;
-    for job in batch.iter().filter(|j| !j.records.is_empty()) {
-        wrote = true;
-        log.append(&job.records)?;
-    }
-    Ok(wrote)
+/// Tells the engine that every write through `through` is durable; false if it is gone.
+fn report(inbox: &mpsc::Sender<Input>, through: Option<WriteNumber>) -> bool {
+    through.is_none_or(|through| inbox.blocking_send(Input::Synced { through }).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
-    use strstore_protocol::{Action, PeerMsg, Timestamp};
+    use strstore_protocol::Timestamp;
 
     use super::*;
+    use crate::replica::LogRecord;
 
     fn commit() -> LogRecord {
         LogRecord::Commit { id: Timestamp::new(1, 1), deps: vec![(1, 0)] }
-    }
-
-    #[test]
-    fn only_commit_records_with_nothing_to_release_may_wait() {
-        let job = |records, after_sync| LogJob { records, after_sync };
-        assert!(job(vec![commit(), commit()], vec![]).can_wait());
-        assert!(job(vec![], vec![]).can_wait());
-        let action = Action {
-            id: Timestamp::new(2, 1),
-            epoch: 1,
-            oseq: 1,
-            writes: vec![],
-            limits: Default::default(),
-        };
-        assert!(!job(vec![commit(), LogRecord::Action(action)], vec![]).can_wait());
-        assert!(!job(vec![LogRecord::ClockBound(9)], vec![]).can_wait());
-        let ack = PeerMsg::Ack { id: Timestamp::new(1, 1), hw: 0, applied: Timestamp::default() };
-        let env = Envelope { from: 1, to: 2, epoch: 1, msg: ack };
-        assert!(!job(vec![commit()], vec![env]).can_wait(), "an ack waits for the flush");
     }
 
     /// What [`TestLog`] was asked to do: clock bounds appended and not synced, those synced,
@@ -227,57 +181,71 @@ mod tests {
         }
     }
 
-    fn ack(id: u64) -> Envelope {
-        let msg = PeerMsg::Ack { id: Timestamp::new(id, 1), hw: 0, applied: Timestamp::default() };
-        Envelope { from: 1, to: 2, epoch: 1, msg }
+    /// An urgent write of one clock bound, numbered as the bound.
+    fn bound(number: u64) -> LogWrite {
+        LogWrite { number, records: vec![LogRecord::ClockBound(number)], urgent: true }
     }
 
-    /// A message waiting on a record leaves only once that record would survive a power
-    /// cut: every release must find its record synced, whatever the batching.
+    /// A write is reported durable only once it would survive a power cut: every report must
+    /// find the records of every write it covers synced, whatever the batching.
     #[test]
-    fn no_message_leaves_before_its_record_is_synced() {
+    fn no_write_is_reported_durable_before_it_is_synced() {
         let log = TestLog::default();
         let (inbox, mut rx) = mpsc::channel(1024);
         let writer = LogWriter::spawn(log.clone(), inbox);
-        for id in 1..=200 {
-            let records = vec![LogRecord::ClockBound(id)];
-            writer.submit(LogJob { records, after_sync: vec![ack(id)] });
-            if id % 7 == 0 {
-                writer.submit(LogJob { records: vec![commit()], after_sync: vec![] });
+        let mut number = 0;
+        let mut bounds = Vec::new();
+        for _ in 1..=200 {
+            number += 1;
+            writer.submit(bound(number));
+            bounds.push(number);
+            if number % 7 == 0 {
+                number += 1;
+                writer.submit(LogWrite { number, records: vec![commit()], urgent: false });
             }
         }
-        let mut released = 0;
-        while released < 200 {
-            let Some(Input::Synced { messages, .. }) = rx.blocking_recv() else { panic!() };
+        let mut through = 0;
+        while through < number {
+            let Some(Input::Synced { through: now }) = rx.blocking_recv() else { panic!() };
+            assert!(now > through, "reports move forward: {through} then {now}");
+            through = now;
             let synced = log.seen.lock().unwrap().synced.clone();
-            for env in messages {
-                let PeerMsg::Ack { id, .. } = env.msg else { panic!("an ack") };
-                assert!(synced.contains(&id.time), "ack {id} left before its record was synced");
-                released += 1;
+            for b in bounds.iter().filter(|b| **b <= through) {
+                assert!(synced.contains(b), "write {b} reported durable before it was synced");
             }
         }
         writer.close();
     }
 
-    /// After a failed sync the writer releases nothing of the batch, never syncs again (what
+    /// Writes nothing waits on are synced after a short idle time, and reported.
+    #[test]
+    fn a_write_that_is_not_urgent_is_synced_when_the_writer_goes_idle() {
+        let log = TestLog::default();
+        let (inbox, mut rx) = mpsc::channel(16);
+        let writer = LogWriter::spawn(log.clone(), inbox);
+        let records = vec![LogRecord::ClockBound(1)];
+        writer.submit(LogWrite { number: 1, records, urgent: false });
+        assert!(matches!(rx.blocking_recv(), Some(Input::Synced { through: 1 })));
+        assert_eq!(log.seen.lock().unwrap().synced, vec![1]);
+        writer.close();
+    }
+
+    /// After a failed sync the writer reports nothing of the batch, never syncs again (what
     /// was not synced is presumed lost), and tells the engine; it never aborts the process.
     #[test]
     fn a_failed_sync_releases_nothing_and_stops_the_writer() {
         let log = TestLog { fail_at: 2, ..TestLog::default() };
         let (inbox, mut rx) = mpsc::channel(16);
         let writer = LogWriter::spawn(log.clone(), inbox);
-        let job =
-            |id| LogJob { records: vec![LogRecord::ClockBound(id)], after_sync: vec![ack(id)] };
-        writer.submit(job(1));
-        let Some(Input::Synced { messages, .. }) = rx.blocking_recv() else { panic!("synced") };
-        assert_eq!(messages, vec![ack(1)]);
-        writer.submit(job(2));
+        writer.submit(bound(1));
+        assert!(matches!(rx.blocking_recv(), Some(Input::Synced { through: 1 })));
+        writer.submit(bound(2));
         assert!(matches!(rx.blocking_recv(), Some(Input::LogFailed(LogError::Io { .. }))));
-        writer.submit(job(3));
+        writer.submit(bound(3));
         writer.close();
-        assert!(rx.blocking_recv().is_none(), "nothing released after the failure");
+        assert!(rx.blocking_recv().is_none(), "nothing reported after the failure");
         let seen = log.seen.lock().unwrap();
-        assert_eq!((seen.appends, seen.syncs), (2, 2), "job 3 was never written or synced");
+        assert_eq!((seen.appends, seen.syncs), (2, 2), "write 3 was never written or synced");
         assert_eq!(seen.synced, vec![1], "the failed batch is not taken for durable");
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strstore_protocol::{Envelope, NodeSettings, ServerFrame};
+use strstore_protocol::{NodeSettings, ServerFrame};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -17,10 +17,11 @@ use crate::edge::fd_limits::{self, FdLimitError};
 use crate::edge::reader::RequestBudget;
 use crate::edge::slots::Slots;
 use crate::edge::throttle::Throttle;
+use crate::engine::{Engine, Output};
 use crate::health::Sampler;
 use crate::inbox::Input;
-use crate::log_writer::{LogJob, LogWriter};
-use crate::replica::{LogRecord, Ready, Replica, WaiterId};
+use crate::log_writer::LogWriter;
+use crate::replica::{Replica, WaiterId};
 use crate::storage::{self, Storage, StorageError};
 use crate::tls::{ClientAuth, TlsError, TlsState};
 use crate::transport::{self, PeerSenders};
@@ -200,13 +201,11 @@ async fn run_life(
     let writer = LogWriter::spawn(log, inbox_tx);
     info!(client = %listeners.bound.client, peer = ?listeners.bound.peer, "node ready");
     let driver = EngineDriver {
-        replica,
+        engine: Engine::new(replica),
         writer,
         peers,
         waiters: HashMap::new(),
         next_waiter: 1,
-        deferred_commits: Vec::new(),
-        unsynced_jobs: 0,
         settings: node_settings(cfg),
         data_dir: cfg.data_dir.clone(),
         failed: None,
@@ -344,18 +343,15 @@ impl StallWatch {
     }
 }
 
-/// The task that drives the engine: feeds it inputs and ticks, and carries out its `Ready`:
-/// the log writer, the peers, the waiting clients.
+/// The task that drives the engine: feeds it inputs and ticks, and carries out its
+/// [`Output`]: the log writer, the peers, the waiting clients. What may leave before which
+/// write is durable is the engine's business.
 struct EngineDriver {
-    replica: Replica,
+    engine: Engine,
     writer: LogWriter,
     peers: PeerSenders,
     waiters: HashMap<WaiterId, mpsc::UnboundedSender<ServerFrame>>,
     next_waiter: WaiterId,
-    /// Commit records not yet handed to the log writer.
-    deferred_commits: Vec<LogRecord>,
-    /// Jobs handed to the log writer that it has not yet reported durable.
-    unsynced_jobs: usize,
     /// Reported with the status.
     settings: NodeSettings,
     data_dir: std::path::PathBuf,
@@ -407,11 +403,13 @@ impl EngineDriver {
             };
             let started = std::time::Instant::now();
             let what = self.wake(wake, &mut inbox);
-            self.drain_ready();
-            stalls.observe(started.elapsed(), what, self.replica.string_len());
+            self.drain_output();
+            stalls.observe(started.elapsed(), what, self.engine.replica().string_len());
         }
         info!("shutting down: no new requests; flushing the log");
-        self.submit_deferred_commits();
+        if let Some(write) = self.engine.flush() {
+            self.writer.submit(write);
+        }
         (self.writer, Stopped::Shutdown)
     }
 
@@ -430,23 +428,17 @@ impl EngineDriver {
                 what
             }
             Wake::Tick => {
-                self.replica.tick();
-                self.submit_deferred_commits();
+                self.engine.tick();
                 "tick"
             }
         }
     }
 
-    /// Hands on everything the engine has to say. Messages routed to ourselves without a trip
-    /// through the log writer may produce more output at once.
-    fn drain_ready(&mut self) {
+    /// Carries out everything the engine has to say.
+    fn drain_output(&mut self) {
         while self.failed.is_none() {
-            self.replica.propose();
-            let ready = self.replica.take_ready();
-            if ready.is_empty() {
-                break;
-            }
-            self.dispatch(ready);
+            let Some(output) = self.engine.take_output() else { break };
+            self.dispatch(output);
         }
     }
 
@@ -454,7 +446,7 @@ impl EngineDriver {
     /// answer from here on. It goes silent towards its peers (the master removes it from the
     /// view as for a crash, and the others go on), and tells each client why and where to go.
     fn log_failed(&mut self, error: crate::log::LogError) {
-        let me = self.replica.id();
+        let me = self.engine.replica().id();
         let disk_full = error.is_disk_full();
         let reason = if disk_full {
             format!("disk full on n{me}: it cannot log writes and is leaving the cluster")
@@ -468,17 +460,19 @@ impl EngineDriver {
         }
         self.failed = Some(LogFailure { reason, disk_full });
         let err = self.refusal();
-        self.replica.stop_serving(err);
-        let ready = self.replica.take_ready();
-        self.send_replies(ready.replies);
+        self.engine.stop_serving(err);
+        // Only the refusals go out: nothing more leaves a node whose log failed.
+        if let Some(output) = self.engine.take_output() {
+            self.send_replies(output.replies);
+        }
     }
 
     /// What a client is told while the log is failed: unavailable here, try the others.
     fn refusal(&self) -> strstore_protocol::Error {
-        let me = self.replica.id();
+        let replica = self.engine.replica();
+        let me = replica.id();
         let reason = self.failed.as_ref().map_or_else(String::new, |f| f.reason.clone());
-        let try_nodes = self
-            .replica
+        let try_nodes = replica
             .view()
             .members
             .iter()
@@ -492,8 +486,8 @@ impl EngineDriver {
         match input {
             Input::LogFailed(error) => self.log_failed(error),
             Input::Health(mut health) => {
-                health.log_len = self.replica.log_len();
-                self.replica.set_health(health);
+                health.log_len = self.engine.replica().log_len();
+                self.engine.set_health(health);
             }
             Input::Request { req, reply } if self.failed.is_some() => {
                 let result = Err(self.refusal());
@@ -505,44 +499,17 @@ impl EngineDriver {
                 let waiter = self.next_waiter;
                 self.next_waiter += 1;
                 self.waiters.insert(waiter, reply);
-                self.replica.client_request(waiter, req);
+                self.engine.client_request(waiter, req);
             }
-            Input::Peer(env) => self.replica.step(env),
-            Input::Synced { jobs, messages } => {
-                self.unsynced_jobs -= jobs;
-                self.route(messages);
-            }
+            Input::Peer(env) => self.engine.step(env),
+            Input::Synced { through } => self.engine.on_persisted(through),
             Input::Status { reply } => {
-                let mut report = self.replica.cluster_status();
+                let mut report = self.engine.replica().cluster_status();
                 report.settings = self.settings.clone();
                 let _ = reply.send(ServerFrame::Status(report));
             }
             Input::Inspect { reply } => {
-                let _ = reply.send(ServerFrame::Inspection(self.replica.replica_report()));
-            }
-        }
-    }
-
-    fn submit_deferred_commits(&mut self) {
-        if !self.deferred_commits.is_empty() {
-            let records = std::mem::take(&mut self.deferred_commits);
-            self.submit(LogJob { records, after_sync: Vec::new() });
-        }
-    }
-
-    fn submit(&mut self, job: LogJob) {
-        self.unsynced_jobs += 1;
-        self.writer.submit(job);
-    }
-
-    /// Sends messages whose log records are durable; those to this node are stepped at once.
-    fn route(&mut self, messages: Vec<Envelope>) {
-        let me = self.replica.id();
-        for env in messages {
-            if env.to == me {
-                self.replica.step(env);
-            } else {
-                self.peers.send(env);
+                let _ = reply.send(ServerFrame::Inspection(self.engine.replica().replica_report()));
             }
         }
     }
@@ -558,41 +525,24 @@ impl EngineDriver {
         }
     }
 
-    fn dispatch(&mut self, ready: Ready) {
-        if let Some(view) = &ready.view_changed {
+    fn dispatch(&mut self, output: Output) {
+        if let Some(view) = &output.view_changed {
             info!(
                 epoch = view.epoch,
                 master = view.master,
                 members = ?view.ids(),
-                member = view.contains(self.replica.id()),
+                member = view.contains(self.engine.replica().id()),
                 "view changed"
             );
             self.peers.update(view);
         }
         // Clients first: nothing they are told waits on what follows.
-        self.send_replies(ready.replies);
-        for env in ready.messages {
-            if env.to == self.replica.id() {
-                warn!(?env, "engine addressed a plain message to itself; dropped");
-            } else {
-                self.peers.send(env);
-            }
+        self.send_replies(output.replies);
+        for env in output.messages {
+            self.peers.send(env);
         }
-        let commits_only = ready.log.iter().all(|r| matches!(r, LogRecord::Commit { .. }));
-        if ready.log.is_empty() && self.deferred_commits.is_empty() && self.unsynced_jobs == 0 {
-            // Everything logged so far is durable (commit records included), so what waits
-            // for a sync may go now: a fence's acks, the acks of a node whose log is idle.
-            // The trip through the writer thread would cost two wake-ups and gain nothing.
-            self.route(ready.after_sync);
-        } else if ready.after_sync.is_empty() && commits_only {
-            // Nothing waits on commit records (see log_writer): they ride with the next job
-            // that must be synced, or go at the next tick, instead of waking the writer
-            // thread once per action.
-            self.deferred_commits.extend(ready.log);
-        } else {
-            let mut records = std::mem::take(&mut self.deferred_commits);
-            records.extend(ready.log);
-            self.submit(LogJob { records, after_sync: ready.after_sync });
+        for write in output.writes {
+            self.writer.submit(write);
         }
     }
 }

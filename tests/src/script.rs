@@ -234,7 +234,7 @@ impl ScriptRunner {
             ids = self.nodes.keys().copied().collect();
         }
         for id in ids {
-            let Some(r) = self.node(id)?.replica.as_ref() else {
+            let Some(r) = self.node(id)?.replica() else {
                 writeln!(out, "n{id}: down")?;
                 continue;
             };

@@ -370,7 +370,7 @@ impl<'a> Sim<'a> {
         let stats: Vec<String> = self
             .nodes
             .iter()
-            .map(|(id, n)| format!("n{id}: {:?}", n.replica.as_ref().map(|r| r.stats())))
+            .map(|(id, n)| format!("n{id}: {:?}", n.replica().map(|r| r.stats())))
             .collect();
         stats.join("\n  ")
     }
@@ -379,12 +379,12 @@ impl<'a> Sim<'a> {
     /// one applied order.
     fn converged(&self) -> bool {
         let all: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let Some(first) = self.nodes.values().next().and_then(|n| n.replica.as_ref()) else {
+        let Some(first) = self.nodes.values().next().and_then(|n| n.replica()) else {
             return false;
         };
         let epoch = first.view().epoch;
         self.nodes.values().all(|n| {
-            n.replica.as_ref().is_some_and(|r| {
+            n.replica().is_some_and(|r| {
                 let s = r.stats();
                 r.view().epoch == epoch
                     && r.view().ids() == all
@@ -435,7 +435,7 @@ impl<'a> Sim<'a> {
         }
         for reply in out.replies {
             if matches!(reply.reply.result, Ok(Response::Value(_))) {
-                let member = self.nodes[&id].replica.as_ref().is_some_and(|r| r.is_member());
+                let member = self.nodes[&id].replica().is_some_and(|r| r.is_member());
                 if !member {
                     return Err(format!("n{id} answered a get while outside its view"));
                 }
@@ -466,6 +466,7 @@ impl<'a> Sim<'a> {
         // run's random stream, so that adding it left every seed's schedule as it was.
         let torn =
             (mix(self.cfg.seed ^ self.now.rotate_left(32)) >> 11) as f64 / (1u64 << 53) as f64;
+        tracing::info!(step = self.now, node = victim, damaged, down, "sim: crash");
         self.nodes.get_mut(&victim).expect("node").crash(self.now + down, damaged, torn);
         self.crashes += 1;
         self.repairs += usize::from(damaged);
@@ -483,7 +484,7 @@ impl<'a> Sim<'a> {
         let settled = self
             .nodes
             .values()
-            .all(|n| n.replica.as_ref().is_some_and(|r| !r.is_frozen()) && !n.rejoining());
+            .all(|n| n.replica().is_some_and(|r| !r.is_frozen()) && !n.rejoining());
         let newest = self.views.values().next_back();
         settled && newest.is_some_and(|v| !v.contains(victim) || v.members.len() >= 3)
     }
@@ -506,6 +507,7 @@ impl<'a> Sim<'a> {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
+            tracing::info!(step = now, node = id, "sim: restart");
             let node = self.nodes.get_mut(&id).expect("node");
             let replayed = node.restart();
             // Replay starts from the node's snapshot, or from the very beginning.
@@ -527,8 +529,7 @@ impl<'a> Sim<'a> {
             return;
         }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let master =
-            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.view().master).max();
+        let master = self.nodes.values().filter_map(|n| n.replica()).map(|r| r.view().master).max();
         let mut side = BTreeSet::new();
         let mut bridge = None;
         match self.rng.gen_range(0..4) {
@@ -765,9 +766,9 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|(id, n)| ReplicaState {
                 node: *id,
-                string: n.replica.as_ref().map(|r| r.value().to_vec()).unwrap_or_default(),
+                string: n.replica().map(|r| r.value().to_vec()).unwrap_or_default(),
                 applied: self.order[..n.position].iter().map(|ts| (ts.time, ts.node)).collect(),
-                digest: n.replica.as_ref().map(|r| r.digest()),
+                digest: n.replica().map(|r| r.digest()),
             })
             .collect()
     }
@@ -797,7 +798,7 @@ impl<'a> Sim<'a> {
                 .nodes
                 .values()
                 .next()
-                .and_then(|n| n.replica.as_ref())
+                .and_then(|n| n.replica())
                 .map_or(0, |r| r.string_len()),
         }
     }

@@ -1,9 +1,11 @@
-//! A simulated node: a replica, its log (the real write-ahead file over a file system in
-//! memory) and the messages waiting for a sync.
+//! A simulated node: the production engine with its durability handshake, its log (the real
+//! write-ahead file over a file system in memory) and its inbox. Where the production driver
+//! has a log writer thread, a sync here happens at a step the simulation picks.
 
 use std::collections::VecDeque;
 
 use strstore_protocol::{Envelope, Request, Timestamp, View};
+use strstore_server::engine::{Engine, WriteNumber};
 use strstore_server::log::LogStore;
 use strstore_server::replica::{self, ClientReply, Replica, WaiterId};
 
@@ -23,10 +25,11 @@ pub struct Output {
 pub struct SimNode {
     cfg: replica::Config,
     /// `None` while crashed.
-    pub replica: Option<Replica>,
+    engine: Option<Engine>,
     log: SimLog,
-    /// After-sync messages waiting for the log to become durable, in order.
-    unsynced: Vec<Envelope>,
+    /// Highest write appended to the log, and whether it was synced since.
+    written: WriteNumber,
+    unsynced: bool,
     inbox: VecDeque<Envelope>,
     /// Step at which a crashed node restarts.
     pub down_until: u64,
@@ -44,9 +47,10 @@ impl SimNode {
         let replica = Replica::new(cfg.clone(), Default::default());
         Self {
             cfg,
-            replica: Some(replica),
+            engine: Some(Engine::new(replica)),
             log: SimLog::default(),
-            unsynced: Vec::new(),
+            written: 0,
+            unsynced: false,
             inbox: VecDeque::new(),
             down_until: 0,
             position: 0,
@@ -55,13 +59,18 @@ impl SimNode {
         }
     }
 
+    /// The replica, unless the node is down.
+    pub fn replica(&self) -> Option<&Replica> {
+        self.engine.as_ref().map(Engine::replica)
+    }
+
     /// Repaired and not yet durably back in a view: a crash now leaves it fresh again.
     pub fn rejoining(&self) -> bool {
         self.fresh
     }
 
     pub fn is_up(&self) -> bool {
-        self.replica.is_some()
+        self.engine.is_some()
     }
 
     pub fn deliver(&mut self, env: Envelope) {
@@ -71,52 +80,49 @@ impl SimNode {
     }
 
     pub fn client_request(&mut self, waiter: WaiterId, req: Request) {
-        if let Some(r) = &mut self.replica {
-            r.client_request(waiter, req);
+        if let Some(e) = &mut self.engine {
+            e.client_request(waiter, req);
         }
     }
 
-    /// Feeds queued messages and a tick to the replica, logs its records and, if `sync`,
-    /// makes the log durable and releases the messages that waited for it.
+    /// Feeds queued messages and a tick to the engine and carries out its output; if `sync`,
+    /// makes the log durable and tells the engine, which releases what waited for it.
     pub fn advance(&mut self, tick: bool, sync: bool) -> Result<Output, String> {
         let mut out = Output::default();
-        let Some(r) = &mut self.replica else { return Ok(out) };
+        let Some(e) = &mut self.engine else { return Ok(out) };
         for env in self.inbox.drain(..) {
-            r.step(env);
+            e.step(env);
         }
         if tick {
-            r.tick();
+            e.tick();
         }
-        r.propose();
-        self.collect(&mut out)?;
-        if sync && !self.unsynced.is_empty() {
+        self.drain(&mut out)?;
+        if sync && self.unsynced {
             self.log.sync().map_err(|e| e.to_string())?;
-            let me = self.cfg.id();
-            let r = self.replica.as_mut().expect("up");
+            self.unsynced = false;
+            let e = self.engine.as_mut().expect("up");
+            e.on_persisted(self.written);
             // The view it entered logged a snapshot before this sync: the rejoin is durable
             // (a real node removes its REJOIN marker then).
+            let r = e.replica();
             self.fresh &= !(r.is_member() && r.view().epoch > 0);
-            for env in std::mem::take(&mut self.unsynced) {
-                if env.to == me {
-                    r.step(env);
-                } else {
-                    out.messages.push(env);
-                }
-            }
-            r.propose();
-            self.collect(&mut out)?;
+            self.drain(&mut out)?;
         }
         Ok(out)
     }
 
-    fn collect(&mut self, out: &mut Output) -> Result<(), String> {
-        let ready = self.replica.as_mut().expect("up").take_ready();
-        self.log.append(&ready.log).map_err(|e| e.to_string())?;
-        self.unsynced.extend(ready.after_sync);
-        out.messages.extend(ready.messages);
-        out.replies.extend(ready.replies);
-        out.applied.extend(ready.applied);
-        out.views.extend(ready.view_changed);
+    fn drain(&mut self, out: &mut Output) -> Result<(), String> {
+        while let Some(o) = self.engine.as_mut().expect("up").take_output() {
+            for write in &o.writes {
+                self.log.append(&write.records).map_err(|e| e.to_string())?;
+                self.written = write.number;
+                self.unsynced = true;
+            }
+            out.messages.extend(o.messages);
+            out.replies.extend(o.replies);
+            out.applied.extend(o.applied);
+            out.views.extend(o.view_changed);
+        }
         Ok(())
     }
 
@@ -124,13 +130,14 @@ impl SimNode {
     /// of the one under way) and queued messages are lost. With `damaged`, the whole log is,
     /// as when a node finds its data damaged and `--repair` moves it aside.
     pub fn crash(&mut self, until: u64, damaged: bool, torn: f64) {
-        self.replica = None;
+        self.engine = None;
         self.log.power_cut(torn);
         if damaged {
             self.log = SimLog::default();
             self.fresh = true;
         }
-        self.unsynced.clear();
+        self.written = 0;
+        self.unsynced = false;
         self.inbox.clear();
         self.down_until = until;
     }
@@ -147,13 +154,13 @@ impl SimNode {
         }
         let mut replica = Replica::new(cfg, restored);
         let applied = replica.take_ready().applied;
-        self.replica = Some(replica);
+        self.engine = Some(Engine::new(replica));
         applied
     }
 
     /// The replica's replay base, if it moved since the node was last aligned.
     pub fn moved_base(&self) -> Option<Timestamp> {
-        let base = self.replica.as_ref()?.replay_base();
+        let base = self.replica()?.replay_base();
         (base != self.base).then_some(base)
     }
 }
