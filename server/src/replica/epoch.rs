@@ -70,24 +70,13 @@ pub(super) struct EpochMembership {
     /// and were not heard in it since: they can answer no view change, and stand in for
     /// one that answers nothing (`view_change::Replica::quorum_count`).
     pub(super) lost_data: BTreeSet<NodeId>,
-    /// Members heard in this epoch (a heartbeat, a replication message, a promise): a fresh
-    /// join from one of them is an old message, not news of lost data.
-    pub(super) heard: BTreeSet<NodeId>,
 }
 
 impl EpochMembership {
-    /// `member` spoke in this epoch: it holds its data.
+    /// `member` spoke in this epoch (a heartbeat, a replication message, a promise) after
+    /// any fresh join of it: it holds its data (the join was an old message).
     pub(super) fn heard_from(&mut self, member: NodeId) {
-        if self.heard.insert(member) {
-            self.lost_data.remove(&member);
-        }
-    }
-
-    /// `member` asked to join as a fresh incarnation; unless it was heard in this epoch.
-    pub(super) fn lost_its_data(&mut self, member: NodeId) {
-        if !self.heard.contains(&member) {
-            self.lost_data.insert(member);
-        }
+        self.lost_data.remove(&member);
     }
 }
 
@@ -105,7 +94,6 @@ impl EpochMembership {
             join_hints: BTreeSet::new(),
             catch_ups_sent: BTreeMap::new(),
             lost_data: BTreeSet::new(),
-            heard: BTreeSet::new(),
         }
     }
 }

@@ -168,7 +168,7 @@ impl Replica {
             return;
         }
         if fresh && from == member.id && self.view.contains(from) && from != self.id() {
-            self.membership.lost_its_data(member.id);
+            self.membership.lost_data.insert(from);
         }
         // A member of our view that asks to join missed the decision that started it, so no
         // action of this epoch can have committed (that needs its ack). If we applied nothing

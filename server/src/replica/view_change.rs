@@ -180,7 +180,12 @@ impl Replica {
         self.propose_after = self.now + self.rng.gen_range(1..spread);
     }
 
-    fn start_proposal(&mut self, remove: BTreeSet<NodeId>, add: BTreeMap<NodeId, Member>) {
+    fn start_proposal(&mut self, mut remove: BTreeSet<NodeId>, mut add: BTreeMap<NodeId, Member>) {
+        // A member that lost its data comes back only from a snapshot, as a joiner.
+        for m in self.view.members.iter().filter(|m| self.membership.lost_data.contains(&m.id)) {
+            remove.insert(m.id);
+            add.entry(m.id).or_insert_with(|| m.clone());
+        }
         let remove = self.keeping_two_members(remove, &add);
         self.ballot_round = self.ballot_round.max(self.next_view.promised.round) + 1;
         let ballot = Ballot { round: self.ballot_round, node: self.id() };
@@ -288,10 +293,7 @@ impl Replica {
     }
 
     /// Refuses `ballot`. A refusal of our own Prepare (back through the log after we promised
-    /// a higher ballot) is addressed to ourselves: the simulation delivers it, the production
-    /// driver drops it. Handling it here instead changed the simulation's schedules and seed
-    /// 152 then stalled (a view of two whose other member lost its data), so the two still
-    /// differ until the engine owns that routing.
+    /// a higher ballot) is addressed to ourselves: the engine steps it at once (`engine`).
     fn refuse(&mut self, from: NodeId, ballot: Ballot) {
         let promised = self.next_view.promised;
         let env = self.envelope(from, PeerMsg::Nack { ballot, promised });
