@@ -14,7 +14,9 @@
 //! - `run [times=N]`: N rounds of a tick at every node and a `stabilize`.
 //! - `drop [from=ID] [to=ID] [kind=NAME]`: loses the matching messages now in the network.
 //! - `cut NODE...` / `heal`: messages from or to a cut node are lost as they are sent.
-//! - `crash NODE` / `restart NODE`: a power cut, and a restart from what the log kept.
+//! - `crash NODE` / `restart NODE`: a power cut, and a restart from what the log kept;
+//!   `repair NODE`: a crash that destroys the node's data (it restarts as a fresh
+//!   incarnation, as after `--repair`).
 //! - `status [NODE...]`: each node's view, applied count and string.
 //!
 //! Replies to clients and views entered are printed as they happen.
@@ -78,7 +80,8 @@ impl Runner for ScriptRunner {
             "drop" => self.drop_messages(command, &mut out)?,
             "cut" => self.cut.extend(node_args(command)?),
             "heal" => self.cut.clear(),
-            "crash" => self.crash(command, &mut out)?,
+            "crash" => self.crash(command, false, &mut out)?,
+            "repair" => self.crash(command, true, &mut out)?,
             "restart" => self.restart(command, &mut out)?,
             "status" => self.status(command, &mut out)?,
             name => return Err(format!("unknown command {name}").into()),
@@ -211,11 +214,14 @@ impl ScriptRunner {
         Ok(())
     }
 
-    fn crash(&mut self, command: &Command, out: &mut String) -> Result<()> {
+    /// `crash N`: a power cut. `repair N`: a crash that destroys the node's data, as when a
+    /// node finds its log damaged and `--repair` moves it aside; it restarts fresh.
+    fn crash(&mut self, command: &Command, damaged: bool, out: &mut String) -> Result<()> {
         for id in node_args(command)? {
-            self.node(id)?.crash(0, false, 0.0);
+            self.node(id)?.crash(0, damaged, 0.0);
             self.network.retain(|e| e.to != id);
-            writeln!(out, "n{id} crashed")?;
+            let what = if damaged { "lost its data" } else { "crashed" };
+            writeln!(out, "n{id} {what}")?;
         }
         Ok(())
     }

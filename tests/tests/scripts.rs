@@ -35,3 +35,8 @@ fn election() {
 fn rejoin() {
     run("rejoin");
 }
+
+#[test]
+fn lost_data() {
+    run("lost_data");
+}

@@ -433,13 +433,10 @@ impl<'a> Sim<'a> {
         for env in out.messages {
             self.net.send(env, self.now, &mut self.rng, self.faults.then_some(self.cfg));
         }
+        if out.reads_outside_view > 0 {
+            return Err(format!("n{id} answered a get while outside its view"));
+        }
         for reply in out.replies {
-            if matches!(reply.reply.result, Ok(Response::Value(_))) {
-                let member = self.nodes[&id].replica().is_some_and(|r| r.is_member());
-                if !member {
-                    return Err(format!("n{id} answered a get while outside its view"));
-                }
-            }
             self.on_reply(reply.waiter, reply.reply.seq, reply.reply.result);
         }
         Ok(())

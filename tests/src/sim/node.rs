@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use strstore_protocol::{Envelope, Request, Timestamp, View};
+use strstore_protocol::{Envelope, Request, Response, Timestamp, View};
 use strstore_server::engine::{Engine, WriteNumber};
 use strstore_server::log::LogStore;
 use strstore_server::replica::{self, ClientReply, Replica, WaiterId};
@@ -20,6 +20,10 @@ pub struct Output {
     pub applied: Vec<Timestamp>,
     /// Views entered.
     pub views: Vec<View>,
+    /// Replies with a value (a `get`) given by a node outside its view, both before and
+    /// after the engine step that produced them (one step may apply a read and then leave
+    /// the view, which is fine: the read had its place in the order of the view it was in).
+    pub reads_outside_view: usize,
 }
 
 pub struct SimNode {
@@ -90,13 +94,14 @@ impl SimNode {
     pub fn advance(&mut self, tick: bool, sync: bool) -> Result<Output, String> {
         let mut out = Output::default();
         let Some(e) = &mut self.engine else { return Ok(out) };
+        let member = e.replica().is_member();
         for env in self.inbox.drain(..) {
             e.step(env);
         }
         if tick {
             e.tick();
         }
-        self.drain(&mut out)?;
+        self.drain(&mut out, member)?;
         if sync && self.unsynced {
             self.log.sync().map_err(|e| e.to_string())?;
             self.unsynced = false;
@@ -106,13 +111,24 @@ impl SimNode {
             // (a real node removes its REJOIN marker then).
             let r = e.replica();
             self.fresh &= !(r.is_member() && r.view().epoch > 0);
-            self.drain(&mut out)?;
+            let member = r.is_member();
+            self.drain(&mut out, member)?;
         }
         Ok(out)
     }
 
-    fn drain(&mut self, out: &mut Output) -> Result<(), String> {
-        while let Some(o) = self.engine.as_mut().expect("up").take_output() {
+    /// Carries out the engine's output; `member`: whether the node was in its view before
+    /// the inputs that produced it.
+    fn drain(&mut self, out: &mut Output, mut member: bool) -> Result<(), String> {
+        loop {
+            let engine = self.engine.as_mut().expect("up");
+            let Some(o) = engine.take_output() else { break };
+            let member_before = std::mem::replace(&mut member, engine.replica().is_member());
+            if !member_before && !member {
+                let reads =
+                    o.replies.iter().filter(|r| matches!(r.reply.result, Ok(Response::Value(_))));
+                out.reads_outside_view += reads.count();
+            }
             for write in &o.writes {
                 self.log.append(&write.records).map_err(|e| e.to_string())?;
                 self.written = write.number;
