@@ -471,10 +471,10 @@ impl<'a> Sim<'a> {
 
     /// Destroying a node's data loses nothing acknowledged as long as another member of its
     /// view holds it (every committed action is on every member), and no other node is
-    /// still rejoining empty. For the cluster to go on, the others must also be a majority
-    /// of that view: a repaired node votes in no view change of an epoch it may have acked
-    /// in, so a view of two whose one member is repaired cannot change (docs/protocol.md,
-    /// "Damage and repair", says so).
+    /// still rejoining empty. The others stand in for a repaired member's votes only while
+    /// fewer than a majority of the view lost their data (docs/protocol.md, "Damage and
+    /// repair"); the simulation keeps to views of three or more here, where the engine can
+    /// also lose a second member to a crash, and the view of two is the `lost_data` script's.
     /// Judged on the newest view any node entered, with every node up and none frozen, so
     /// that no newer view can be under way.
     fn may_damage(&self, victim: NodeId) -> bool {
