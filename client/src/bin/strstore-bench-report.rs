@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -89,7 +91,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let markdown = markdown(&runs, &args.machine);
     std::fs::write(args.out.join("results.md"), &markdown)?;
-    std::fs::write(args.out.join("results.svg"), svg(&runs))?;
+    std::fs::write(args.out.join("results.svg"), svg(&runs)?)?;
     print!("{markdown}");
     Ok(())
 }
@@ -145,128 +147,100 @@ fn row(lead: &[String], r: &Run) -> String {
     )
 }
 
-/// Two panels over a log2 axis of client counts: throughput, and p99 latency.
-fn svg(runs: &[Run]) -> String {
-    const W: f64 = 1000.0;
-    const PANEL_H: f64 = 260.0;
-    const LEFT: f64 = 80.0;
-    const RIGHT: f64 = 220.0;
-    const TOP: f64 = 50.0;
-    const GAP: f64 = 70.0;
-    const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+/// Series colors (matplotlib's first six), readable on white.
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
 
-    let mut series: BTreeMap<(String, usize), Vec<&Run>> = BTreeMap::new();
+/// One line per workload and cluster size, its runs in order of clients.
+type Series<'a> = BTreeMap<(String, usize), Vec<&'a Run>>;
+
+/// Two panels over a log axis of client counts: throughput, and p99 latency; one line per
+/// workload and cluster size (tagged runs, such as string-size runs, are left out).
+fn svg(runs: &[Run]) -> anyhow::Result<String> {
+    let mut series: Series = BTreeMap::new();
     for r in runs.iter().filter(|r| r.tag.is_empty()) {
         series.entry((r.workload.clone(), r.nodes())).or_default().push(r);
     }
     for points in series.values_mut() {
         points.sort_by_key(|r| r.clients);
     }
-    let clients: Vec<u32> = runs.iter().map(|r| r.clients.max(1)).collect();
-    let (cmin, cmax) = (
-        f64::from(*clients.iter().min().unwrap_or(&1)).log2(),
-        f64::from(*clients.iter().max().unwrap_or(&1)).log2().max(1.0),
-    );
-    let span = (cmax - cmin).max(1.0);
-    let x = |c: u32| LEFT + (f64::from(c.max(1)).log2() - cmin) / span * (W - LEFT - RIGHT);
-    let max_ops = runs.iter().map(|r| r.ops_per_sec).fold(1.0, f64::max) * 1.1;
-    let max_p99 = runs.iter().map(|r| r.latency_us.p99 as f64 / 1000.0).fold(1.0, f64::max) * 1.1;
-
-    let height = TOP + 2.0 * PANEL_H + GAP + 60.0;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{LEFT}\" y=\"24\" font-size=\"16\" font-weight=\"bold\">strstore: throughput \
-         and p99 latency vs. concurrent clients</text>\n"
-    );
-    let panels = [("ops/s", max_ops, TOP), ("p99 latency (ms)", max_p99, TOP + PANEL_H + GAP)];
-    for (title, max, top) in panels {
-        let bottom = top + PANEL_H;
-        let _ = writeln!(
-            out,
-            "<rect x=\"{LEFT}\" y=\"{top}\" width=\"{}\" height=\"{PANEL_H}\" fill=\"none\" \
-             stroke=\"#999\"/>\n<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" \
-             text-anchor=\"middle\">{title}</text>",
-            W - LEFT - RIGHT,
-            top + PANEL_H / 2.0,
-            top + PANEL_H / 2.0
-        );
-        for i in 0..=4 {
-            let v = max * f64::from(i) / 4.0;
-            let y = bottom - PANEL_H * f64::from(i) / 4.0;
-            let label = if v >= 1000.0 { format!("{:.1}k", v / 1000.0) } else { format!("{v:.1}") };
-            let _ = writeln!(
-                out,
-                "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
-                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
-                W - RIGHT,
-                LEFT - 6.0,
-                y + 4.0
-            );
-        }
-        let mut ticks: Vec<u32> = clients.clone();
-        ticks.sort_unstable();
-        ticks.dedup();
-        for c in ticks {
-            let _ = writeln!(
-                out,
-                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{c}</text>",
-                x(c),
-                bottom + 16.0
-            );
-        }
-        for (i, ((workload, nodes), points)) in series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let value = |r: &Run| {
-                if top == TOP {
-                    r.ops_per_sec
-                } else {
-                    r.latency_us.p99 as f64 / 1000.0
-                }
-            };
-            let path: Vec<String> = points
-                .iter()
-                .map(|r| format!("{:.1},{:.1}", x(r.clients), bottom - value(r) / max * PANEL_H))
-                .collect();
-            let _ = writeln!(
-                out,
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
-                path.join(" ")
-            );
-            for r in points {
-                let _ = writeln!(
-                    out,
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"><title>{workload}, \
-                     {nodes} nodes, {} clients: {:.0} ops/s, p99 {} ms</title></circle>",
-                    x(r.clients),
-                    bottom - value(r) / max * PANEL_H,
-                    r.clients,
-                    r.ops_per_sec,
-                    ms(r.latency_us.p99)
-                );
-            }
-            if top == TOP {
-                let ly = TOP + 10.0 + 18.0 * i as f64;
-                let lx = W - RIGHT + 20.0;
-                let _ = writeln!(
-                    out,
-                    "<line x1=\"{lx}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{color}\" \
-                     stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{workload}, {nodes} nodes</text>",
-                    lx + 24.0,
-                    lx + 30.0,
-                    ly + 4.0
-                );
-            }
-        }
+    let clients = || runs.iter().map(|r| f64::from(r.clients.max(1)));
+    let lo = clients().fold(f64::MAX, f64::min).min(1e9);
+    let hi = clients().fold(1.0, f64::max).max(lo * 2.0);
+    let x_range = lo / 1.25..hi * 1.25;
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1000, 700)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let title = "strstore: throughput and p99 latency vs. concurrent clients";
+        let root = root.titled(title, ("sans-serif", 18))?;
+        let (top, bottom) = root.split_vertically(330);
+        panel(&top, &series, x_range.clone(), "ops/s", |r| r.ops_per_sec)?;
+        let p99_ms = |r: &Run| r.latency_us.p99 as f64 / 1000.0;
+        panel(&bottom, &series, x_range, "p99 latency (ms)", p99_ms)?;
+        root.present()?;
     }
-    let _ = writeln!(
-        out,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">concurrent clients (log scale)</text>\n</svg>",
-        LEFT + (W - LEFT - RIGHT) / 2.0,
-        height - 12.0
-    );
-    out
+    Ok(out)
+}
+
+/// One panel: `value` of every run against its client count, a line and dots per series.
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    series: &Series,
+    clients: std::ops::Range<f64>,
+    title: &str,
+    value: impl Fn(&Run) -> f64,
+) -> anyhow::Result<()> {
+    let max = series.values().flatten().map(|r| value(r)).fold(1.0, f64::max) * 1.1;
+    // A label at every client count measured, not at powers of ten.
+    let mut measured: Vec<f64> =
+        series.values().flatten().map(|r| f64::from(r.clients.max(1))).collect();
+    measured.sort_by(f64::total_cmp);
+    measured.dedup();
+    let x = clients.log_scale().with_key_points(measured);
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, 0.0..max)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients (log scale)")
+        .y_desc(title)
+        .x_label_formatter(&|c| format!("{c:.0}"))
+        .y_label_formatter(&|v| {
+            if *v >= 1000.0 {
+                format!("{:.0}k", v / 1000.0)
+            } else {
+                format!("{v:.1}")
+            }
+        })
+        .draw()?;
+    for (i, ((workload, nodes), points)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let line: Vec<(f64, f64)> =
+            points.iter().map(|r| (f64::from(r.clients.max(1)), value(r))).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
+            .label(format!("{workload}, {nodes} nodes"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -308,11 +282,23 @@ mod tests {
             run("append", 64, 3, 20000.0, ""),
             run("get", 1, 3, 3000.0, ""),
             run("get", 64, 5, 30000.0, ""),
+            run("append", 64, 3, 19000.0, "string=1MiB"),
         ];
-        let svg = svg(&runs);
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        // Three series (append/3, get/3, get/5), each drawn in both panels.
-        assert_eq!(svg.matches("<polyline").count(), 6, "{svg}");
-        assert!(svg.contains("get, 5 nodes"));
+        let svg = svg(&runs).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+        // Three series (append/3, get/3, get/5), each a line and a legend entry in both
+        // panels, in its own color; the tagged run is left out.
+        let stroke = |c: &RGBColor| {
+            let (r, g, b) = c.rgb();
+            format!("<polyline fill=\"none\" opacity=\"1\" stroke=\"#{r:02X}{g:02X}{b:02X}\"")
+        };
+        for color in &COLORS[..3] {
+            assert_eq!(svg.matches(&stroke(color)).count(), 4, "{} in {svg}", stroke(color));
+        }
+        assert!(!svg.contains(&stroke(&COLORS[3])), "no fourth series");
+        for label in ["append, 3 nodes", "get, 3 nodes", "get, 5 nodes"] {
+            assert_eq!(svg.matches(label).count(), 2, "{label} in both legends");
+        }
+        assert_eq!(svg.matches("<circle").count(), 8, "a dot per run and panel");
     }
 }
