@@ -14,6 +14,7 @@
 //! - `run [times=N]`: N rounds of a tick at every node and a `stabilize`.
 //! - `drop [from=ID] [to=ID] [kind=NAME]`: loses the matching messages now in the network.
 //! - `cut NODE...` / `heal`: messages from or to a cut node are lost as they are sent.
+//! - `lose [from=ID] [to=ID] [kind=NAME]`: the next message sent that matches is lost.
 //! - `crash NODE` / `restart NODE`: a power cut, and a restart from what the log kept;
 //!   `repair NODE`: a crash that destroys the node's data (it restarts as a fresh
 //!   incarnation, as after `--repair`).
@@ -44,6 +45,8 @@ pub struct ScriptRunner {
     /// Sent and not yet delivered, in the order sent.
     network: Vec<Envelope>,
     cut: BTreeSet<NodeId>,
+    /// One message each is lost as it is sent (`lose`).
+    lose: Vec<Filter>,
     next_seq: u64,
     /// Each waiting request: where it was made, and what it asked.
     waiting: BTreeMap<WaiterId, String>,
@@ -79,6 +82,10 @@ impl Runner for ScriptRunner {
             "run" => self.run_ticks(command, &mut out)?,
             "drop" => self.drop_messages(command, &mut out)?,
             "cut" => self.cut.extend(node_args(command)?),
+            "lose" => {
+                let filter = self.filter(command)?;
+                self.lose.push(filter);
+            }
             "heal" => self.cut.clear(),
             "crash" => self.crash(command, false, &mut out)?,
             "repair" => self.crash(command, true, &mut out)?,
@@ -279,7 +286,10 @@ impl ScriptRunner {
             let _ = writeln!(out, "reply to {asked}: {result}");
         }
         for env in output.messages {
-            if !self.cut.contains(&env.from) && !self.cut.contains(&env.to) {
+            if let Some(i) = self.lose.iter().position(|f| f.matches(&env)) {
+                self.lose.remove(i);
+                let _ = writeln!(out, "lost n{} -> n{} {}", env.from, env.to, brief(&env.msg));
+            } else if !self.cut.contains(&env.from) && !self.cut.contains(&env.to) {
                 self.network.push(env);
             }
         }

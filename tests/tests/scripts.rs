@@ -40,3 +40,8 @@ fn rejoin() {
 fn lost_data() {
     run("lost_data");
 }
+
+#[test]
+fn missed_decision() {
+    run("missed_decision");
+}
