@@ -5,8 +5,13 @@
 //! colored by kind, with the nemesis' label as a tooltip. Ops are placed as in the summary
 //! ([`event_time`]): ok and failed ops at their completion, unknown ops at their invocation.
 //!
-//! The SVG is written by hand so the test crate needs no plotting dependency, and it is
-//! standalone (no scripts, no external styles) so it can be attached to a CI run as is.
+//! The SVG is written by hand, not with plotters (which draws the benchmark report): its
+//! SVG backend (plotters-svg 0.3.7) emits bare shapes and text, with no `<title>` and no
+//! `class`, and this chart lives by both. Every fault window carries the nemesis' full label
+//! as a tooltip (the shading only has room for a few letters), every second with failed or
+//! unknown ops its count, and the classes (`fault-kill`, `rate-failed`, ...) are what the
+//! tests below and a reader's browser search find. It is standalone (no scripts, no
+//! external styles) so it can be attached to a CI run as is.
 
 use std::collections::BTreeSet;
 use std::fmt::{self, Write};
