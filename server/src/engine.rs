@@ -207,3 +207,78 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use strstore_protocol::{Op, PeerMsg};
+
+    use super::*;
+    use crate::replica::{Config, Restored};
+
+    fn engine(id: u64) -> Engine {
+        Engine::new(Replica::new(Config::new(id, vec![1, 2]), Restored::default()))
+    }
+
+    /// Every output until there is none, merged.
+    fn drain(e: &mut Engine) -> Output {
+        let mut all = Output::default();
+        while let Some(o) = e.take_output() {
+            let me = e.replica().id();
+            assert!(o.messages.iter().all(|m| m.to != me), "a message to itself left");
+            all.replies.extend(o.replies);
+            all.messages.extend(o.messages);
+            all.writes.extend(o.writes);
+        }
+        all
+    }
+
+    fn append(e: &mut Engine, seq: u64) {
+        e.client_request(seq, Request { client: 7, seq, op: Op::Append("x".into()) });
+    }
+
+    /// The action goes to the peer only once its write is reported durable.
+    #[test]
+    fn a_message_waiting_on_a_write_leaves_only_once_it_is_durable() {
+        let mut n1 = engine(1);
+        append(&mut n1, 1);
+        let out = drain(&mut n1);
+        assert_eq!(out.writes.len(), 1);
+        let write = &out.writes[0];
+        assert!(write.urgent);
+        assert!(write.records.iter().any(|r| matches!(r, LogRecord::Action(_))), "{write:?}");
+        assert!(out.messages.is_empty(), "sent before its write was durable: {out:?}");
+        assert!(!n1.is_durable());
+        n1.on_persisted(write.number);
+        let out = drain(&mut n1);
+        assert!(matches!(out.messages[..], [Envelope { to: 2, msg: PeerMsg::Action(_), .. }]));
+    }
+
+    /// Commit records nothing waits on are held back, then handed out at the next tick as a
+    /// write that is not urgent; the reply does not wait for them.
+    #[test]
+    fn commit_records_wait_for_the_next_tick_and_are_not_urgent() {
+        let (mut n1, mut n2) = (engine(1), engine(2));
+        append(&mut n1, 1);
+        let w = drain(&mut n1).writes.remove(0);
+        n1.on_persisted(w.number);
+        for env in drain(&mut n1).messages {
+            n2.step(env);
+        }
+        let out = drain(&mut n2);
+        n2.on_persisted(out.writes.last().expect("n2 logged the action").number);
+        for env in drain(&mut n2).messages.into_iter().filter(|m| m.to == 1) {
+            n1.step(env);
+        }
+        let out = drain(&mut n1);
+        assert_eq!(out.replies.len(), 1, "the append is answered at once: {out:?}");
+        assert!(out.writes.is_empty(), "the commit record is held back: {out:?}");
+        assert!(!n1.is_durable(), "a deferred record is not durable yet");
+        n1.tick();
+        let out = drain(&mut n1);
+        let commit = out.writes.iter().find(|w| !w.records.is_empty()).expect("flushed");
+        assert!(!commit.urgent);
+        assert!(matches!(commit.records[..], [LogRecord::Commit { .. }]));
+        n1.on_persisted(commit.number);
+        assert!(n1.is_durable());
+    }
+}
