@@ -68,7 +68,7 @@ pub(super) struct EpochMembership {
     pub(super) catch_ups_sent: BTreeMap<NodeId, Ticks>,
     /// Members that asked in this epoch to join as a fresh incarnation (they lost their data)
     /// and were not heard in it since: they can answer no view change, and stand in for
-    /// one that answers nothing (`view_change::Replica::quorum_count`).
+    /// one that answers nothing (`quorum`).
     pub(super) lost_data: BTreeSet<NodeId>,
 }
 

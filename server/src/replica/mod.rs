@@ -30,6 +30,7 @@ mod held;
 mod membership;
 mod node;
 mod proposer;
+mod quorum;
 mod ready;
 mod received;
 mod records;

@@ -24,6 +24,7 @@ use super::epoch::{EpochMembership, EpochReplication, NextView};
 use super::held::HeldBody;
 use super::node::Replica;
 use super::proposer::Proposer;
+use super::quorum;
 use super::ready::Ticks;
 use super::records::LogRecord;
 use super::state::StringState;
@@ -33,31 +34,10 @@ impl Replica {
         self.members.len() / 2 + 1
     }
 
-    /// How many members count as having answered a phase of a view change: those in
-    /// `answered`, and members that lost their data (`EpochMembership::lost_data`) once every
-    /// other member answered, if fewer than a majority lost it.
-    ///
-    /// Why that is safe: a member that lost its data forgot its promises and acceptances, so
-    /// its answer could only be "nothing". What it forgot is known to the others: any other
-    /// quorum of this epoch holds a member that did not lose its data (fewer than a majority
-    /// did), and this quorum holds them all; an action committed in the epoch was acked by
-    /// every member, so all of them hold it. Without this, a view of two whose other member
-    /// lost its data and missed the decision that re-added it could never change again (the
-    /// simulation found such runs).
+    /// How many members count as having answered a phase (`quorum`): members that lost
+    /// their data stand in for themselves once every other member answered.
     fn quorum_count(&self, answered: &BTreeSet<NodeId>) -> usize {
-        let lost: BTreeSet<NodeId> = self
-            .membership
-            .lost_data
-            .iter()
-            .filter(|m| self.members.contains(m) && !answered.contains(m))
-            .copied()
-            .collect();
-        let others_in = self.members.iter().all(|m| answered.contains(m) || lost.contains(m));
-        if others_in && !lost.is_empty() && lost.len() < self.majority() {
-            answered.len() + lost.len()
-        } else {
-            answered.len()
-        }
+        quorum::answers(&self.members, answered, &self.membership.lost_data)
     }
 
     pub(super) fn tick_view_change(&mut self) {
