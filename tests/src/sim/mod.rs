@@ -471,10 +471,9 @@ impl<'a> Sim<'a> {
 
     /// Destroying a node's data loses nothing acknowledged as long as another member of its
     /// view holds it (every committed action is on every member), and no other node is
-    /// still rejoining empty. The others stand in for a repaired member's votes only while
-    /// fewer than a majority of the view lost their data (docs/protocol.md, "Damage and
-    /// repair"); the simulation keeps to views of three or more here, where the engine can
-    /// also lose a second member to a crash, and the view of two is the `lost_data` script's.
+    /// still rejoining empty: so not the only member of a view. The others stand in for a
+    /// repaired member's votes while fewer than a majority of the view lost their data
+    /// (docs/protocol.md, "Damage and repair"), which a view of two keeps.
     /// Judged on the newest view any node entered, with every node up and none frozen, so
     /// that no newer view can be under way.
     fn may_damage(&self, victim: NodeId) -> bool {
@@ -483,7 +482,7 @@ impl<'a> Sim<'a> {
             .values()
             .all(|n| n.replica().is_some_and(|r| !r.is_frozen()) && !n.rejoining());
         let newest = self.views.values().next_back();
-        settled && newest.is_some_and(|v| !v.contains(victim) || v.members.len() >= 3)
+        settled && newest.is_some_and(|v| !v.contains(victim) || v.members.len() >= 2)
     }
 
     /// A repaired node that has not yet made its rejoin durable is fresh again after a crash,
