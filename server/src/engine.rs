@@ -199,7 +199,6 @@ impl Engine {
         let me = self.replica.id();
         for env in messages {
             if env.to == me {
-                tracing::debug!(node = me, msg = ?env.msg, "engine: loopback");
                 self.loopback.push_back(env);
             } else {
                 self.released.push(env);

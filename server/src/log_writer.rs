@@ -181,6 +181,22 @@ mod tests {
         }
     }
 
+    /// The next report of the writer, failing the test after 10 s rather than hanging it
+    /// (`None` once the writer is gone).
+    fn next_report(rx: &mut mpsc::Receiver<Input>) -> Option<Input> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(input) => return Some(input),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    assert!(std::time::Instant::now() < deadline, "no report from the writer");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
     /// An urgent write of one clock bound, numbered as the bound.
     fn bound(number: u64) -> LogWrite {
         LogWrite { number, records: vec![LogRecord::ClockBound(number)], urgent: true }
@@ -206,7 +222,7 @@ mod tests {
         }
         let mut through = 0;
         while through < number {
-            let Some(Input::Synced { through: now }) = rx.blocking_recv() else { panic!() };
+            let Some(Input::Synced { through: now }) = next_report(&mut rx) else { panic!() };
             assert!(now > through, "reports move forward: {through} then {now}");
             through = now;
             let synced = log.seen.lock().unwrap().synced.clone();
@@ -225,7 +241,7 @@ mod tests {
         let writer = LogWriter::spawn(log.clone(), inbox);
         let records = vec![LogRecord::ClockBound(1)];
         writer.submit(LogWrite { number: 1, records, urgent: false });
-        assert!(matches!(rx.blocking_recv(), Some(Input::Synced { through: 1 })));
+        assert!(matches!(next_report(&mut rx), Some(Input::Synced { through: 1 })));
         assert_eq!(log.seen.lock().unwrap().synced, vec![1]);
         writer.close();
     }
@@ -238,12 +254,12 @@ mod tests {
         let (inbox, mut rx) = mpsc::channel(16);
         let writer = LogWriter::spawn(log.clone(), inbox);
         writer.submit(bound(1));
-        assert!(matches!(rx.blocking_recv(), Some(Input::Synced { through: 1 })));
+        assert!(matches!(next_report(&mut rx), Some(Input::Synced { through: 1 })));
         writer.submit(bound(2));
-        assert!(matches!(rx.blocking_recv(), Some(Input::LogFailed(LogError::Io { .. }))));
+        assert!(matches!(next_report(&mut rx), Some(Input::LogFailed(LogError::Io { .. }))));
         writer.submit(bound(3));
         writer.close();
-        assert!(rx.blocking_recv().is_none(), "nothing reported after the failure");
+        assert!(next_report(&mut rx).is_none(), "nothing reported after the failure");
         let seen = log.seen.lock().unwrap();
         assert_eq!((seen.appends, seen.syncs), (2, 2), "write 3 was never written or synced");
         assert_eq!(seen.synced, vec![1], "the failed batch is not taken for durable");
