@@ -7,12 +7,10 @@
 //! commits back (`detector::AckLag`); the view change that removes it lives in
 //! `view_change.rs`. A removed node is added again once it passed its hold-down.
 
-use rand::Rng;
 use strstore_protocol::{
     Epoch, Health, Member, MemberState, MemberStatus, NodeId, PeerMsg, View, ViewProposal,
 };
 
-use super::detector::{Gaps, HoldDownConfig};
 use super::node::Replica;
 use super::ready::Ticks;
 
@@ -22,19 +20,18 @@ const NEWCOMER_GRACE: Ticks = 4;
 
 impl Replica {
     pub(super) fn tick_membership(&mut self) {
-        if self.now < self.next_heartbeat {
+        if !self.cluster.heartbeat_due(self.now, &self.cfg) {
             return;
         }
-        self.next_heartbeat = self.now + self.cfg.heartbeat_ticks;
         // A node that heard of a newer view keeps asking, once per heartbeat, until it is in
         // one: the master adds a node it removed only once it has heard it steadily.
         if !self.is_member() || !self.membership.join_hints.is_empty() {
             self.ask_to_join(None);
         }
         if self.is_member() && !self.is_master() {
-            let mut health = self.health.clone();
-            health.applied = self.applied_actions;
-            health.clock = self.clock;
+            let mut health = self.cluster.health.clone();
+            health.applied = self.progress.actions;
+            health.clock = self.clock.time();
             health.epoch = self.view.epoch;
             let member = self.cfg.me.clone();
             let env = self.envelope(self.view.master, PeerMsg::Heartbeat { health, member });
@@ -43,29 +40,12 @@ impl Replica {
     }
 
     pub(super) fn reset_election_timer(&mut self) {
-        self.election_jitter = self.rng.gen_range(0..=self.cfg.min_failure_ticks / 2);
+        self.view_changes.reset_election_timer(&self.cfg);
     }
 
     /// Silence after which `peer` counts as failed here: adapted to the gaps it has shown.
     pub(super) fn silence_timeout(&self, peer: NodeId) -> Ticks {
-        let (min, max) = (self.cfg.min_failure_ticks, self.cfg.failure_ticks);
-        self.gaps.get(&peer).map_or(max.max(min), |g| g.timeout(min, max))
-    }
-
-    /// `peer`, whose silence this node judges, was heard.
-    fn heard(&mut self, peer: NodeId) {
-        let heartbeat = self.cfg.heartbeat_ticks;
-        self.gaps.entry(peer).or_insert_with(|| Gaps::new(heartbeat)).heard(self.now);
-    }
-
-    /// How long whom the master removed must wait before it is added again.
-    pub(super) fn hold_down_config(&self) -> HoldDownConfig {
-        HoldDownConfig {
-            base: self.cfg.hold_down_ticks,
-            max: self.cfg.max_hold_down_ticks.max(self.cfg.hold_down_ticks),
-            // A node outside the view asks once per heartbeat interval, through every member.
-            gap: 3 * self.cfg.heartbeat_ticks.max(1),
-        }
+        self.cluster.silence_timeout(peer, &self.cfg)
     }
 
     pub(super) fn on_heartbeat(
@@ -76,7 +56,7 @@ impl Replica {
         member: Member,
     ) {
         if member.id == from {
-            self.announced.insert(from, member);
+            self.cluster.announced.insert(from, member);
         }
         if !self.is_master() {
             if epoch < self.view.epoch {
@@ -87,7 +67,7 @@ impl Replica {
         }
         if epoch + 1 == self.view.epoch && self.view.contains(from) {
             // It missed the decision that started this view.
-            if let Some(proposal) = self.last_decided.clone() {
+            if let Some(proposal) = self.view_changes.last_decided.clone() {
                 let env = self.envelope(from, PeerMsg::Decided { proposal, snapshot: None });
                 self.ready.messages.push(env);
             }
@@ -97,8 +77,8 @@ impl Replica {
             self.membership.newcomers.remove(&from);
             self.membership.heard_from(from);
             self.membership.last_heard.insert(from, self.now);
-            self.heard(from);
-            self.member_health.insert(from, health);
+            self.cluster.heard(from, self.now, &self.cfg);
+            self.cluster.member_health.insert(from, health);
         }
         let ack =
             PeerMsg::HeartbeatAck { view: self.view.clone(), members: self.master_status_table() };
@@ -114,7 +94,7 @@ impl Replica {
     ) {
         if view.epoch == self.view.epoch && from == self.view.master {
             self.membership.master_heard = self.now;
-            self.heard(from);
+            self.cluster.heard(from, self.now, &self.cfg);
             self.membership.master_table = members;
             if view.limits != self.view.limits {
                 // Only the first view is not agreed by a view change: each node built it
@@ -142,10 +122,9 @@ impl Replica {
     /// lists it, say), and that call may fall inside the interval.
     pub(super) fn ask_to_join(&mut self, hint: Option<NodeId>) {
         self.membership.join_hints.extend(hint);
-        if self.join_sent != 0 && self.now < self.join_sent + self.cfg.heartbeat_ticks {
+        if !self.cluster.may_ask_to_join(self.now, &self.cfg) {
             return;
         }
-        self.join_sent = self.now.max(1);
         let me = self.cfg.me.clone();
         let mut targets: Vec<NodeId> = self.view.ids();
         targets.extend(self.membership.join_hints.iter().copied());
@@ -153,7 +132,7 @@ impl Replica {
         targets.dedup();
         let my_id = self.id();
         for to in targets.into_iter().filter(|&t| t != my_id) {
-            let fresh = self.fresh_incarnation;
+            let fresh = self.cluster.fresh_incarnation;
             let env = self.envelope(to, PeerMsg::Join { member: me.clone(), fresh });
             self.ready.messages.push(env);
         }
@@ -193,7 +172,9 @@ impl Replica {
         // heartbeat would. Its heartbeats may go to the old master, which left the view, and
         // without its promise a view of two could never change again.
         if !fresh && epoch + 1 == self.view.epoch && from == member.id {
-            if let Some(proposal) = self.last_decided.clone().filter(|p| p.view.contains(from)) {
+            if let Some(proposal) =
+                self.view_changes.last_decided.clone().filter(|p| p.view.contains(from))
+            {
                 let env = self.envelope(from, PeerMsg::Decided { proposal, snapshot: None });
                 self.ready.messages.push(env);
                 return;
@@ -207,7 +188,7 @@ impl Replica {
                 // A member that lost its state: if this node ends up proposing (an election,
                 // a takeover), its proposal must re-add it from a snapshot, not keep it as a
                 // member that can no longer vote.
-                self.joiners.insert(member.id, member.clone());
+                self.cluster.joiners.insert(member.id, member.clone());
             }
             let env = self.envelope(self.view.master, PeerMsg::Join { member, fresh });
             self.ready.messages.push(env);
@@ -220,11 +201,12 @@ impl Replica {
         {
             return;
         }
-        let hold = self.hold_down_config();
-        if !self.view.contains(member.id) && !self.hold_down.may_rejoin(member.id, self.now, hold) {
+        if !self.view.contains(member.id)
+            && !self.cluster.may_rejoin(member.id, self.now, &self.cfg)
+        {
             return; // removed lately: it must first be heard steadily for its hold-down
         }
-        self.joiners.insert(member.id, member);
+        self.cluster.joiners.insert(member.id, member);
     }
 
     /// Sends a lagging member of the current view the view and the state it starts from, at
@@ -245,11 +227,11 @@ impl Replica {
         );
         let proposal = ViewProposal {
             view: self.view.clone(),
-            applied_upto: self.applied_ts,
+            applied_upto: self.progress.last,
             committed: Vec::new(),
             joiners: vec![to],
         };
-        let snapshot = Some(self.state.to_snapshot(self.view.epoch, self.applied_ts));
+        let snapshot = Some(self.state.to_snapshot(self.view.epoch, self.progress.last));
         let env =
             self.envelope(to, PeerMsg::Decided { proposal, snapshot: snapshot.map(Box::new) });
         self.ready.messages.push(env);
@@ -262,8 +244,11 @@ impl Replica {
             .members
             .iter()
             .map(|m| {
-                let announced =
-                    if m.id == self.id() { Some(&self.cfg.me) } else { self.announced.get(&m.id) };
+                let announced = if m.id == self.id() {
+                    Some(&self.cfg.me)
+                } else {
+                    self.cluster.announced.get(&m.id)
+                };
                 let member = Member {
                     id: m.id,
                     peer_addr: m.peer_addr.clone(),
@@ -289,18 +274,18 @@ impl Replica {
                     MemberState::Alive
                 };
                 let health = if m.id == self.id() {
-                    let mut h = self.health.clone();
-                    h.applied = self.applied_actions;
-                    h.clock = self.clock;
+                    let mut h = self.cluster.health.clone();
+                    h.applied = self.progress.actions;
+                    h.clock = self.clock.time();
                     h.epoch = self.view.epoch;
                     h
                 } else {
-                    self.member_health.get(&m.id).cloned().unwrap_or_default()
+                    self.cluster.member_health.get(&m.id).cloned().unwrap_or_default()
                 };
                 MemberStatus { member, state, last_heard_ms: silent * self.cfg.tick_ms, health }
             })
             .collect();
-        for (m, since) in self.departed.values() {
+        for (m, since) in self.cluster.departed.values() {
             table.push(MemberStatus {
                 member: m.clone(),
                 state: MemberState::Failed,
@@ -308,7 +293,7 @@ impl Replica {
                 health: Health::default(),
             });
         }
-        for j in self.joiners.values().filter(|j| !self.view.contains(j.id)) {
+        for j in self.cluster.joiners.values().filter(|j| !self.view.contains(j.id)) {
             table.push(MemberStatus {
                 member: j.clone(),
                 state: MemberState::Joining,
@@ -368,7 +353,7 @@ impl Replica {
     /// slowness alone never shrinks a 3-node cluster below 2 or a 5-node one below 3).
     /// Only when nothing else is wrong: a member is slow only next to healthy ones.
     pub(super) fn slow_member(&self) -> Option<NodeId> {
-        if self.cfg.ack_lag_ticks == 0 || !self.joiners.is_empty() {
+        if self.cfg.ack_lag_ticks == 0 || !self.cluster.joiners.is_empty() {
             return None;
         }
         let cluster = self.cfg.initial_view.members.len().max(self.members.len());

@@ -24,22 +24,29 @@
 //! aborted before any action of the next.
 
 mod clients;
+mod clock;
+mod cluster;
+mod config;
 mod detector;
 mod epoch;
 mod held;
 mod membership;
 mod node;
+mod progress;
 mod proposer;
 mod quorum;
 mod ready;
 mod received;
 mod records;
 mod replication;
+mod snapshot_schedule;
 pub mod state;
 mod text;
 mod view_change;
+mod view_changes;
 
-pub use node::{Config, Replica, Stats};
+pub use config::Config;
+pub use node::{Replica, Stats};
 pub use ready::{ClientReply, Ready, Ticks, WaiterId};
 pub use received::Received;
 pub use records::{LogRecord, Restored, SnapshotRecord, CLOCK_LEASE};

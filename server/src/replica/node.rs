@@ -10,128 +10,24 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use strstore_protocol::{
-    Action, AppliedDigest, Ballot, ClusterReport, Deps, Envelope, Epoch, Error, Health, Member,
-    NodeId, Op, PeerMsg, ReplicaReport, Reply, ReqSeq, Request, Response, Timestamp, View,
-    ViewProposal, Write, WriteOp,
+    Action, AppliedDigest, Ballot, ClusterReport, Deps, Envelope, Epoch, Error, Health, NodeId, Op,
+    PeerMsg, ReplicaReport, Reply, ReqSeq, Request, Response, Timestamp, View, Write, WriteOp,
 };
 
 use super::clients::ClientQueue;
-use super::detector::{Gaps, HoldDown, LagRule};
+use super::clock::Clock;
+use super::cluster::Cluster;
+use super::config::Config;
+use super::detector::LagRule;
 use super::epoch::{EpochMembership, EpochReplication, NextView};
 use super::held::{Held, HeldBody, InFlight};
+use super::progress::Progress;
 use super::ready::{ClientReply, Ready, Ticks, WaiterId};
-use super::records::{LogRecord, Restored, CLOCK_LEASE};
-use super::state::{Limits, StringState};
-
-/// Tuning of one replica. Every field has a default in [`Config::new`].
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// This node and its addresses (sent when it asks to join).
-    pub me: Member,
-    /// The view to start in when the log holds none.
-    pub initial_view: View,
-    /// This node's own size-limit flags. They are not what decides whether a write applies
-    /// (each action carries its view's limits): they go into the views this node proposes,
-    /// and into its first view until the master's answer says otherwise.
-    pub limits: Limits,
-    /// Most own actions and fences awaiting commit at once. Keeps many round trips in flight
-    /// without letting one node flood the others' logs.
-    pub window: usize,
-    /// Most bytes of values in one action; keeps an action well under the frame limit.
-    pub max_action_bytes: usize,
-    /// Most writes in one action.
-    pub max_action_writes: usize,
-    /// Ticks before the first re-send of an unacked action; the next ones follow after 2, 4,
-    /// 8... ticks, up to `max_resend_ticks`.
-    pub resend_ticks: Ticks,
-    /// Upper bound of the re-send back-off.
-    pub max_resend_ticks: Ticks,
-    /// Ticks between two heartbeats of a member to the master.
-    pub heartbeat_ticks: Ticks,
-    /// Most ticks of silence after which the master declares a member failed, and members
-    /// elect a new master (plus a random part of up to half `min_failure_ticks`). The
-    /// timeout adapts to the gaps seen between heartbeats (`detector::Gaps`), between
-    /// `min_failure_ticks` and this. Also the time a view change may take before a retry.
-    pub failure_ticks: Ticks,
-    /// Fewest ticks of silence after which a peer counts as failed: where heartbeats come
-    /// steadily, a crash is detected this fast.
-    pub min_failure_ticks: Ticks,
-    /// An action's last ack coming more than this many ticks after every other member's
-    /// makes that member lag (0: never remove a member for lagging).
-    pub ack_lag_ticks: Ticks,
-    /// A member that lags without a break for this many ticks is removed by a view change,
-    /// as long as the view keeps a majority of the cluster's members.
-    pub ack_lag_for_ticks: Ticks,
-    /// Ticks a removed node must be heard steadily before it is added again, after its first
-    /// removal; each removal in a row multiplies it by 4, up to `max_hold_down_ticks`.
-    pub hold_down_ticks: Ticks,
-    pub max_hold_down_ticks: Ticks,
-    /// Applied actions between two snapshots (which compact the log), at least; a large string
-    /// waits longer (see `maybe_snapshot`). 0 disables them.
-    pub snapshot_every: u64,
-    /// Length of a tick in milliseconds, for status reports only.
-    pub tick_ms: u64,
-    /// Seed of the replica's randomness (election timeouts).
-    pub seed: u64,
-    /// This node lost the durable state it once acked with (its data was damaged and moved
-    /// aside): it starts outside any view and must be added again by a view change.
-    pub fresh_incarnation: bool,
-}
-
-impl Config {
-    /// A configuration for node `id` in a first view of `members` whose master is the lowest
-    /// id; addresses are left empty (the simulation does not need them).
-    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
-        let member = |id| Member { id, peer_addr: String::new(), client_addr: String::new() };
-        let mut ids = members;
-        ids.sort_unstable();
-        ids.dedup();
-        let master = ids.first().copied().unwrap_or(id);
-        Self {
-            me: member(id),
-            initial_view: View {
-                epoch: 1,
-                master,
-                members: ids.into_iter().map(member).collect(),
-                limits: Limits::default(),
-            },
-            limits: Limits::default(),
-            window: 64,
-            max_action_bytes: 4 << 20,
-            max_action_writes: 4096,
-            resend_ticks: 3,
-            max_resend_ticks: 40,
-            heartbeat_ticks: 10,
-            failure_ticks: 200,
-            min_failure_ticks: 50,
-            ack_lag_ticks: 5,
-            ack_lag_for_ticks: 100,
-            hold_down_ticks: 100,
-            max_hold_down_ticks: 3000,
-            snapshot_every: 10_000,
-            tick_ms: 10,
-            seed: id,
-            fresh_incarnation: false,
-        }
-    }
-
-    pub fn id(&self) -> NodeId {
-        self.me.id
-    }
-
-    /// Starts outside every view (a joiner, or a repaired node): epoch 0 is older than any
-    /// running cluster's, so the first answer from a peer tells this node it is behind, and
-    /// it asks to be added.
-    pub fn start_outside_views(&mut self) {
-        let me = self.me.id;
-        self.initial_view.epoch = 0;
-        self.initial_view.members.retain(|m| m.id != me);
-        self.initial_view.master = self.initial_view.members.first().map_or(me, |m| m.id);
-    }
-}
+use super::records::Restored;
+use super::snapshot_schedule::SnapshotSchedule;
+use super::state::StringState;
+use super::view_changes::ViewChanges;
 
 /// Counters the node reports in its status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,66 +50,33 @@ pub struct Stats {
     pub frozen: bool,
 }
 
-/// One node's replication and membership engine.
+/// One node's replication and membership engine: a part per concern, each with its own
+/// module. The three epoch parts are replaced whole on entering a view; the rest lasts.
 pub struct Replica {
-    /// Replication within the current epoch; replaced on entering a view.
-    pub(super) replication: EpochReplication,
-    /// Heartbeats and catch-up within the current view; replaced on entering a view.
-    pub(super) membership: EpochMembership,
-    /// The Paxos instance for the next view; replaced on entering a view.
-    pub(super) next_view: NextView,
-    /// Requests waiting here: to be proposed, or for their write to apply.
-    pub(super) clients: ClientQueue,
     pub(super) cfg: Config,
     pub(super) now: Ticks,
-    pub(super) rng: StdRng,
-    pub(super) clock: u64,
-    pub(super) clock_bound: u64,
     pub(super) view: View,
     /// Ids of `view.members`, cached.
     pub(super) members: Vec<NodeId>,
+    /// Replication within the current epoch.
+    pub(super) replication: EpochReplication,
+    /// Heartbeats and catch-up within the current view.
+    pub(super) membership: EpochMembership,
+    /// The Paxos instance for the next view.
+    pub(super) next_view: NextView,
+    pub(super) clock: Clock,
+    /// The hold-back queue: actions and fences in timestamp order, until they apply.
     pub(super) held: BTreeMap<Timestamp, Held>,
+    /// The applied string, and the table of client sessions.
     pub(super) state: StringState,
-    pub(super) applied_actions: u64,
-    pub(super) applied_ts: Timestamp,
-    /// Where `Ready::applied` starts after a restart or snapshot install.
-    pub(super) replay_base: Timestamp,
-    pub(super) since_snapshot: u64,
-    /// Bytes of writes applied since the last snapshot (see `maybe_snapshot`).
-    pub(super) logged_since_snapshot: u64,
-    // Membership.
-    pub(super) health: Health,
-    pub(super) member_health: BTreeMap<NodeId, Health>,
-    /// Master: nodes that asked to join.
-    pub(super) joiners: BTreeMap<NodeId, Member>,
-    /// Master: addresses members announced in their heartbeats (the view may not know a
-    /// member's client address).
-    pub(super) announced: BTreeMap<NodeId, Member>,
-    /// Nodes a view change removed, and when: `status` lists them as failed until they rejoin.
-    pub(super) departed: BTreeMap<NodeId, (Member, Ticks)>,
-    pub(super) next_heartbeat: Ticks,
-    /// Random extra silence from the master, beyond its failure timeout, before this member
-    /// starts an election (so that members rarely run against each other).
-    pub(super) election_jitter: Ticks,
-    /// Gaps between the messages of each peer whose silence this node judges: at the
-    /// master every member's heartbeats, at a member the master's answers.
-    pub(super) gaps: BTreeMap<NodeId, Gaps>,
-    /// Nodes removed from the view, and when they may come back.
-    pub(super) hold_down: HoldDown,
-    /// The last decision this node installed, re-sent to members that missed it.
-    pub(super) last_decided: Option<ViewProposal>,
-    /// When a node outside the view last asked to join.
-    pub(super) join_sent: Ticks,
-    /// Until this node enters a view: it lost what it once acked (see `Config`).
-    pub(super) fresh_incarnation: bool,
-    /// Highest ballot round seen, so a new proposal outbids every earlier one.
-    pub(super) ballot_round: u64,
-    /// No own proposal starts before this tick (back-off after losing a ballot).
-    pub(super) propose_after: Ticks,
-    /// When this node last promised a ballot of another node.
-    pub(super) frozen_since: Ticks,
-    /// How long a promise may stay without a decision before this node takes over.
-    pub(super) stall_after: Ticks,
+    pub(super) progress: Progress,
+    pub(super) snapshots: SnapshotSchedule,
+    /// Requests waiting here: to be proposed, or for their write to apply.
+    pub(super) clients: ClientQueue,
+    /// Membership beyond the current view.
+    pub(super) cluster: Cluster,
+    /// Ballots, election timers and the last decision, across epochs.
+    pub(super) view_changes: ViewChanges,
     pub(super) ready: Ready,
 }
 
@@ -222,62 +85,39 @@ impl Replica {
     pub fn new(cfg: Config, restored: Restored) -> Self {
         let view =
             restored.snapshot.as_ref().map_or_else(|| cfg.initial_view.clone(), |s| s.view.clone());
-        let fresh_incarnation = cfg.fresh_incarnation;
         let mut r = Replica {
-            state: StringState::default(),
+            members: view.ids(),
+            view,
+            now: 0,
             replication: EpochReplication::new(),
             membership: EpochMembership::entering(0, BTreeSet::new()),
             next_view: NextView::default(),
-            clients: ClientQueue::default(),
-            rng: StdRng::seed_from_u64(cfg.seed),
-            members: view.ids(),
-            view,
-            cfg,
-            now: 0,
-            clock: 0,
-            clock_bound: 0,
+            clock: Clock::restored(restored.clock_bound),
             held: BTreeMap::new(),
-            applied_actions: 0,
-            applied_ts: Timestamp::default(),
-            replay_base: Timestamp::default(),
-            since_snapshot: 0,
-            logged_since_snapshot: 0,
-            health: Health::default(),
-            member_health: BTreeMap::new(),
-            joiners: BTreeMap::new(),
-            departed: BTreeMap::new(),
-            announced: BTreeMap::new(),
-            next_heartbeat: 0,
-            election_jitter: 0,
-            gaps: BTreeMap::new(),
-            hold_down: HoldDown::default(),
-            last_decided: None,
-            join_sent: 0,
-            fresh_incarnation,
-            ballot_round: 0,
-            propose_after: 0,
-            frozen_since: 0,
-            stall_after: 0,
+            state: StringState::default(),
+            progress: Progress::default(),
+            snapshots: SnapshotSchedule::default(),
+            clients: ClientQueue::default(),
+            cluster: Cluster::new(cfg.fresh_incarnation),
+            view_changes: ViewChanges::new(cfg.seed),
             ready: Ready::default(),
+            cfg,
         };
         r.restore(restored);
-        r.reset_election_timer();
+        r.view_changes.reset_election_timer(&r.cfg);
         r.warn_if_flags_differ();
         r
     }
 
     fn restore(&mut self, restored: Restored) {
-        self.clock = restored.clock_bound;
-        self.clock_bound = restored.clock_bound;
         if let Some(rec) = restored.snapshot {
             self.state = StringState::from_snapshot(&rec.snapshot);
-            self.applied_ts = rec.snapshot.applied;
-            self.clock = self.clock.max(rec.snapshot.applied.time);
+            self.progress.installed(rec.snapshot.applied);
+            self.clock.replayed(rec.snapshot.applied.time);
             for (origin, oseq) in rec.received {
                 self.replication.received.fill_to(origin, oseq);
                 self.replication.applied_oseq.insert(origin, oseq);
             }
-            self.replay_base = rec.snapshot.applied;
             self.replication.own_commits = rec.own_commits.into_iter().collect();
             self.replication.next_oseq = rec.next_oseq;
         }
@@ -295,9 +135,9 @@ impl Replica {
         );
         let commits: HashMap<Timestamp, Deps> = restored.commits.into_iter().collect();
         for action in restored.actions {
-            self.clock = self.clock.max(action.id.time);
+            self.clock.replayed(action.id.time);
             if action.epoch != self.view.epoch
-                || action.id <= self.applied_ts
+                || action.id <= self.progress.last
                 || !self.replication.received.insert(action.id.node, action.oseq)
             {
                 continue;
@@ -395,7 +235,7 @@ impl Replica {
     /// The last applied action before the ones `Ready::applied` reported since the last
     /// restart or snapshot install (the default timestamp if they start from the beginning).
     pub fn replay_base(&self) -> Timestamp {
-        self.replay_base
+        self.progress.replay_base
     }
 
     /// The current view.
@@ -418,10 +258,10 @@ impl Replica {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            clock: self.clock,
+            clock: self.clock.time(),
             epoch: self.view.epoch,
-            applied_actions: self.applied_actions,
-            applied_ts: self.applied_ts,
+            applied_actions: self.progress.actions,
+            applied_ts: self.progress.last,
             held: self.held.len(),
             in_flight: self.replication.in_flight.len(),
             queued: self.clients.len(),
@@ -432,7 +272,7 @@ impl Replica {
 
     /// Updates the health this node reports in its heartbeats.
     pub fn set_health(&mut self, health: Health) {
-        self.health = health;
+        self.cluster.health = health;
     }
 
     /// Hands over everything produced since the last call.
@@ -529,14 +369,6 @@ impl Replica {
         self.members.iter().copied().filter(|&m| m != self.id()).collect()
     }
 
-    /// Keeps the persisted clock bound ahead of any time this node may show a peer.
-    pub(super) fn bound_clock(&mut self) {
-        if self.clock >= self.clock_bound {
-            self.clock_bound = self.clock + CLOCK_LEASE;
-            self.ready.log.push(LogRecord::ClockBound(self.clock_bound));
-        }
-    }
-
     // -----------------------------------------------------------------------------------------
     // Peers
 
@@ -608,7 +440,7 @@ impl Replica {
             let hold = self.cfg.ack_lag_for_ticks;
             let bridge = (2 * bound).max(hold / 4);
             let rule = LagRule { bound, bridge, hold };
-            self.membership.ack_lag.tick(self.now, rule, self.applied_ts);
+            self.membership.ack_lag.tick(self.now, rule, self.progress.last);
         }
         self.tick_replication();
         self.tick_membership();
@@ -643,7 +475,7 @@ impl Replica {
             members: self.view.ids(),
             member: self.is_member(),
             frozen: self.stats().frozen,
-            applied: self.applied_ts,
+            applied: self.progress.last,
             digest: self.state.digest(),
             content: self.state.content_digest(),
             limits: self.view.limits,
@@ -653,12 +485,16 @@ impl Replica {
 
     /// Actions in the log beyond the last snapshot (applied since, or held).
     pub fn log_len(&self) -> u64 {
-        self.since_snapshot + self.held.len() as u64
+        self.snapshots.actions_since() + self.held.len() as u64
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use strstore_protocol::Member;
+
+    use super::super::records::LogRecord;
+    use super::super::state::Limits;
     use super::*;
 
     /// What node 1 finds in its log after a crash between its action's flush and its

@@ -11,11 +11,6 @@ use super::ready::WaiterId;
 use super::records::{LogRecord, SnapshotRecord};
 use super::state::Applied;
 
-/// Bytes a logged write costs besides its value (ids, sequence number, framing), for the
-/// snapshot rule.
-const WRITE_LOG_OVERHEAD: u64 = 32;
-/// A snapshot waits until the log since the last one is this fraction of the string.
-const SNAPSHOT_LOG_RATIO: u64 = 4;
 /// Most actions we keep early acks for (a window of each other member's actions, and more).
 const MAX_EARLY_ACKS: usize = 4096;
 
@@ -80,18 +75,15 @@ impl Replica {
     }
 
     fn stamp(&mut self) -> Timestamp {
-        self.clock += 1;
-        self.bound_clock();
-        Timestamp::new(self.clock, self.id())
+        Timestamp::new(self.clock.tick(&mut self.ready.log), self.id())
     }
 
     fn own_ack(&self, id: Timestamp) -> PeerMsg {
-        PeerMsg::Ack { id, hw: self.replication.next_oseq - 1, applied: self.applied_ts }
+        PeerMsg::Ack { id, hw: self.replication.next_oseq - 1, applied: self.progress.last }
     }
 
     fn observe(&mut self, ts: Timestamp) {
-        self.clock = self.clock.max(ts.time) + 1;
-        self.bound_clock();
+        self.clock.witness(ts.time, &mut self.ready.log);
     }
 
     pub(super) fn on_action(&mut self, from: NodeId, action: Action) {
@@ -105,10 +97,10 @@ impl Replica {
         tracing::debug!(node = self.id(), id = %id, oseq = action.oseq, frozen = self.is_frozen(), "received action");
         if self.replication.received.insert(id.node, action.oseq) {
             assert!(
-                id > self.applied_ts,
+                id > self.progress.last,
                 "n{} received {id} after applying {}: the delivery rule was broken",
                 self.id(),
-                self.applied_ts
+                self.progress.last
             );
             self.observe(id);
             self.clients.hold(&action.writes);
@@ -209,7 +201,7 @@ impl Replica {
         let Some(held) = self.held.get_mut(&id) else {
             // Not here yet: kept until it arrives (it will, the origin re-sends until we ack)
             // or the epoch ends. Bounded so that a confused peer cannot grow it without end.
-            if id > self.applied_ts && self.replication.early_acks.len() < MAX_EARLY_ACKS {
+            if id > self.progress.last && self.replication.early_acks.len() < MAX_EARLY_ACKS {
                 self.replication.early_acks.entry(id).or_default().entry(from).or_insert(hw);
             }
             return;
@@ -271,7 +263,7 @@ impl Replica {
                 break;
             }
             let (id, held) = entry.remove_entry();
-            debug_assert!(id > self.applied_ts, "delivery out of order");
+            debug_assert!(id > self.progress.last, "delivery out of order");
             // Early acks of actions that were committed some other way are of no more use.
             while self.replication.early_acks.first_key_value().is_some_and(|(t, _)| *t <= id) {
                 self.replication.early_acks.pop_first();
@@ -312,43 +304,26 @@ impl Replica {
             }
         }
         self.state.seal_action(action.epoch, action.id);
-        self.applied_actions += 1;
-        self.since_snapshot += 1;
-        self.logged_since_snapshot += action
-            .writes
-            .iter()
-            .map(|w| w.op.value().len() as u64 + WRITE_LOG_OVERHEAD)
-            .sum::<u64>();
-        self.applied_ts = action.id;
+        self.progress.applied(action.id);
+        self.snapshots.applied(&action);
         tracing::debug!(node = self.id(), epoch = self.view.epoch, id = %action.id, oseq = action.oseq, "applied");
         self.replication.applied_oseq.insert(action.id.node, action.oseq);
         self.ready.applied.push(action.id);
     }
 
-    /// A snapshot is due after `snapshot_every` actions, and once the log written since the
-    /// last one is at least `1 / SNAPSHOT_LOG_RATIO` of the snapshot's size: each snapshot
-    /// writes the whole string, so with a large string and small appends a fixed count would
-    /// make the snapshots, not the appends, the cost of an append (a 32 MiB string every
-    /// 10,000 16-byte appends is 200 bytes written per byte appended). The ratio bounds that
-    /// to a small constant, so the cost per operation stays flat as the string grows, at the
-    /// price of a log (and a replay at restart) of up to a quarter of the string's size.
+    /// See `snapshot_schedule` for when a snapshot is due.
     fn maybe_snapshot(&mut self) {
-        let every = self.cfg.snapshot_every;
-        let size = self.state.text().len() as u64;
-        if every > 0
-            && self.since_snapshot >= every
-            && self.logged_since_snapshot.saturating_mul(SNAPSHOT_LOG_RATIO) >= size
-        {
+        let string_len = self.state.text().len() as u64;
+        if self.snapshots.due(self.cfg.snapshot_every, string_len) {
             self.write_snapshot();
         }
     }
 
     /// Logs the applied state; the log drops everything the snapshot covers.
     pub(super) fn write_snapshot(&mut self) {
-        self.since_snapshot = 0;
-        self.logged_since_snapshot = 0;
+        self.snapshots.taken();
         let record = SnapshotRecord {
-            snapshot: self.state.to_snapshot(self.view.epoch, self.applied_ts),
+            snapshot: self.state.to_snapshot(self.view.epoch, self.progress.last),
             view: self.view.clone(),
             received: self.replication.applied_oseq.iter().map(|(n, o)| (*n, *o)).collect(),
             own_commits: self

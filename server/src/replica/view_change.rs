@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::Rng;
 use strstore_protocol::{
     Action, Ballot, Epoch, Error, Member, NodeId, PeerMsg, PendingLog, Snapshot, Timestamp, View,
     ViewProposal, Write,
@@ -45,17 +44,17 @@ impl Replica {
             if self.now > p.started + self.cfg.failure_ticks {
                 info!(node = self.id(), epoch = p.epoch + 1, "view change timed out; will retry");
                 self.next_view.proposer = None;
-                self.back_off_proposing();
+                self.view_changes.back_off(self.now, &self.cfg);
             } else {
                 self.maybe_accept_phase();
                 self.resend_phase();
             }
             return;
         }
-        if !self.is_member() || self.now < self.propose_after {
+        if !self.is_member() || !self.view_changes.may_propose(self.now) {
             return;
         }
-        let stuck = self.is_frozen() && self.now >= self.frozen_since + self.stall_after;
+        let stuck = self.is_frozen() && self.view_changes.stalled(self.now);
         if self.is_frozen() && !stuck {
             return; // another node's view change is under way
         }
@@ -68,21 +67,19 @@ impl Replica {
                 "view change stalled; taking it over"
             );
             let (remove, add) = if self.is_master() {
-                (self.failed_members().into_iter().collect(), self.joiners.clone())
+                (self.failed_members().into_iter().collect(), self.cluster.joiners.clone())
             } else {
                 self.repaired_members()
             };
-            self.frozen_since = self.now;
-            let f = self.cfg.failure_ticks.max(1);
-            self.stall_after = f + self.rng.gen_range(0..f);
+            self.view_changes.froze(self.now, &self.cfg);
             self.start_proposal(remove, add);
         } else if self.is_master() {
             // With the removals held back (see `keeping_two_members`) the proposal still goes
             // out: a master restarted into a view the others left learns so from the answers.
             let failed = self.failed_members();
             self.log_silent(&failed);
-            if !failed.is_empty() || !self.joiners.is_empty() {
-                let add = self.joiners.clone();
+            if !failed.is_empty() || !self.cluster.joiners.is_empty() {
+                let add = self.cluster.joiners.clone();
                 self.start_proposal(failed.into_iter().collect(), add);
             } else if let Some(slow) = self.slow_member() {
                 let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
@@ -97,7 +94,7 @@ impl Replica {
                 self.start_proposal([slow].into_iter().collect(), BTreeMap::new());
             }
         } else if self.now.saturating_sub(self.membership.master_heard)
-            > self.silence_timeout(self.view.master) + self.election_jitter
+            > self.silence_timeout(self.view.master) + self.view_changes.election_jitter()
         {
             info!(
                 node = self.id(),
@@ -115,6 +112,7 @@ impl Replica {
     /// removed and added again from a snapshot by a proposal this non-master makes.
     fn repaired_members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, Member>) {
         let add: BTreeMap<NodeId, Member> = self
+            .cluster
             .joiners
             .iter()
             .filter(|(id, _)| self.view.contains(**id))
@@ -153,13 +151,6 @@ impl Replica {
         }
     }
 
-    /// A random pause before the next own proposal, so that two proposers that refused each
-    /// other rarely collide again; as short as the fastest failure detection allows.
-    fn back_off_proposing(&mut self) {
-        let spread = (self.cfg.min_failure_ticks / 2).max(2);
-        self.propose_after = self.now + self.rng.gen_range(1..spread);
-    }
-
     fn start_proposal(&mut self, mut remove: BTreeSet<NodeId>, mut add: BTreeMap<NodeId, Member>) {
         // A member that lost its data comes back only from a snapshot, as a joiner.
         for m in self.view.members.iter().filter(|m| self.membership.lost_data.contains(&m.id)) {
@@ -167,8 +158,7 @@ impl Replica {
             add.entry(m.id).or_insert_with(|| m.clone());
         }
         let remove = self.keeping_two_members(remove, &add);
-        self.ballot_round = self.ballot_round.max(self.next_view.promised.round) + 1;
-        let ballot = Ballot { round: self.ballot_round, node: self.id() };
+        let ballot = self.view_changes.next_ballot(self.next_view.promised, self.id());
         info!(
             node = self.id(),
             epoch = self.view.epoch + 1,
@@ -282,12 +272,10 @@ impl Replica {
 
     fn promise(&mut self, ballot: Ballot) {
         if !self.is_frozen() {
-            self.frozen_since = self.now;
-            let f = self.cfg.failure_ticks.max(1);
-            self.stall_after = f + self.rng.gen_range(0..f);
+            self.view_changes.froze(self.now, &self.cfg);
         }
         self.next_view.promised = ballot;
-        self.ballot_round = self.ballot_round.max(ballot.round);
+        self.view_changes.saw_round(ballot.round);
         self.ready.log.push(LogRecord::Promise { epoch: self.view.epoch + 1, ballot });
     }
 
@@ -328,7 +316,7 @@ impl Replica {
                 }
             }
         }
-        PendingLog { applied: self.applied_ts, held, committed }
+        PendingLog { applied: self.progress.last, held, committed }
     }
 
     pub(super) fn on_promise(
@@ -423,9 +411,9 @@ impl Replica {
             return; // a late refusal from before that node promised this very ballot
         }
         info!(node = self.id(), ?ballot, ?promised, "view change refused; backing off");
-        self.ballot_round = self.ballot_round.max(promised.round);
+        self.view_changes.saw_round(promised.round);
         self.next_view.proposer = None;
-        self.back_off_proposing();
+        self.view_changes.back_off(self.now, &self.cfg);
     }
 
     pub(super) fn on_accept(
@@ -466,7 +454,7 @@ impl Replica {
         let old: Vec<NodeId> = self.members.clone();
         self.install_decided(proposal.clone());
         let snapshot = (!proposal.joiners.is_empty())
-            .then(|| self.state.to_snapshot(self.view.epoch, self.applied_ts));
+            .then(|| self.state.to_snapshot(self.view.epoch, self.progress.last));
         let mut targets: BTreeSet<NodeId> = old.into_iter().collect();
         targets.extend(proposal.view.ids());
         targets.remove(&self.id());
@@ -522,14 +510,14 @@ impl Replica {
             to_apply.entry(a.id).or_insert_with(|| a.clone());
         }
         for (id, action) in to_apply {
-            if id > self.applied_ts {
+            if id > self.progress.last {
                 self.apply_action(action);
             }
         }
         // Writes that did not commit are re-queued for the new epoch if a client waits here.
         self.clients.requeue(aborted, gets);
         self.enter_view(proposal.view.clone());
-        self.last_decided = Some(proposal);
+        self.view_changes.last_decided = Some(proposal);
     }
 
     /// A joiner (or a node left behind) takes the state at the end of the old epoch.
@@ -547,13 +535,12 @@ impl Replica {
             string_bytes = snapshot.value.len(),
             "installed the cluster's state from a snapshot instead of replaying the old epoch"
         );
-        self.applied_ts = snapshot.applied;
-        self.replay_base = snapshot.applied;
+        self.progress.installed(snapshot.applied);
         // `Ready::applied` lists what was applied after `replay_base`; what this step applied
         // before the install is covered by the snapshot (observers re-align on the base).
         self.ready.applied.clear();
         self.enter_view(view);
-        self.last_decided = None;
+        self.view_changes.last_decided = None;
     }
 
     /// Resets everything scoped to an epoch and starts `view`.
@@ -564,24 +551,19 @@ impl Replica {
         self.replication = EpochReplication::new();
         self.membership = EpochMembership::entering(self.now, newcomers);
         self.next_view = NextView::default();
-        self.fresh_incarnation = false;
-        self.clock = self.clock.max(self.applied_ts.time) + 1;
-        self.bound_clock();
+        self.clock.witness(self.progress.last.time, &mut self.ready.log);
         info!(
             node = self.id(),
             epoch = view.epoch,
             master = view.master,
             members = ?view.ids(),
-            applied = self.applied_actions,
+            applied = self.progress.actions,
             "entered view"
         );
         self.note_departures(&view);
-        self.gaps.values_mut().for_each(|g| g.restart());
-        self.departed.retain(|id, _| !view.contains(*id));
+        self.cluster.entered(&view);
         self.members = view.ids();
         self.view = view;
-        let view = &self.view;
-        self.joiners.retain(|id, _| !view.contains(*id));
         self.reset_election_timer();
         self.warn_if_flags_differ();
         self.write_snapshot();
@@ -597,16 +579,14 @@ impl Replica {
     /// Members of the old view that `view` leaves out: `status` lists them as failed, and each
     /// is held down before it may come back.
     fn note_departures(&mut self, view: &View) {
-        let hold = self.hold_down_config();
         for m in self.view.members.iter().filter(|m| !view.contains(m.id)) {
-            self.departed.insert(m.id, (m.clone(), self.now));
-            self.hold_down.removed(m.id, self.now, hold);
+            let hold = self.cluster.departs(m, self.now, &self.cfg);
             info!(
                 node = self.id(),
                 removed = m.id,
                 "n{} left the view; it is added again once heard steadily for {} ms",
                 m.id,
-                self.hold_down.hold_of(m.id, hold) * self.cfg.tick_ms
+                hold * self.cfg.tick_ms
             );
         }
     }
@@ -614,7 +594,7 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
-    use super::super::node::Config;
+    use super::super::config::Config;
     use super::super::records::Restored;
     use super::*;
 
