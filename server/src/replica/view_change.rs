@@ -167,20 +167,10 @@ impl Replica {
             round = ballot.round,
             "starting view change"
         );
-        self.next_view.proposer = Some(Proposer {
-            epoch: self.view.epoch,
-            ballot,
-            remove,
-            add,
-            master: self.id(),
-            promises: BTreeMap::new(),
-            promised_by: BTreeSet::new(),
-            proposal: None,
-            resend_at: self.now + self.cfg.resend_ticks,
-            accepts: BTreeSet::new(),
-            started: self.now,
-            quorum_at: None,
-        });
+        let resend_at = self.now + self.cfg.resend_ticks;
+        let changes = (remove, add);
+        self.next_view.proposer =
+            Some(Proposer::new(self.view.epoch, ballot, changes, self.now, resend_at));
         let deposes_master =
             self.next_view.proposer.as_ref().is_some_and(|p| p.remove.contains(&self.view.master));
         self.send_to_view(PeerMsg::Prepare { ballot, deposes_master });
@@ -328,7 +318,7 @@ impl Replica {
         pending: PendingLog,
     ) {
         let Some(p) = &mut self.next_view.proposer else { return };
-        if p.epoch != epoch || p.ballot != ballot || p.proposal.is_some() {
+        if !p.answers(epoch, ballot, false) {
             return;
         }
         p.promises.insert(from, (accepted, pending));
@@ -359,50 +349,10 @@ impl Replica {
         if !all_in && now < quorum_at + grace {
             return;
         }
-        let proposal = self.build_proposal();
-        let p = self.next_view.proposer.as_mut().expect("proposer");
+        let proposal = p.choose(&self.view, self.cfg.limits);
         p.proposal = Some(proposal.clone());
         let ballot = p.ballot;
         self.send_to_view(PeerMsg::Accept { ballot, proposal });
-    }
-
-    fn build_proposal(&self) -> ViewProposal {
-        let p = self.next_view.proposer.as_ref().expect("proposer");
-        let prior = p.promises.values().filter_map(|(a, _)| a.as_ref()).max_by_key(|(b, _)| *b);
-        if let Some((_, proposal)) = prior {
-            return proposal.clone();
-        }
-        let pendings: Vec<&PendingLog> = p.promises.values().map(|(_, l)| l).collect();
-        let applied_upto = pendings.iter().map(|l| l.applied).max().unwrap_or_default();
-        let mut union: BTreeMap<Timestamp, &Action> = BTreeMap::new();
-        for l in &pendings {
-            for a in &l.held {
-                union.entry(a.id).or_insert(a);
-            }
-        }
-        let committed = union
-            .into_iter()
-            .filter(|(id, _)| *id > applied_upto)
-            .filter(|(id, _)| {
-                let committed = pendings.iter().any(|l| l.committed.contains(id));
-                let everywhere = pendings.iter().all(|l| l.held.iter().any(|a| a.id == *id));
-                committed || everywhere
-            })
-            .map(|(_, a)| a.clone())
-            .collect();
-        let mut members: Vec<Member> =
-            self.view.members.iter().filter(|m| !p.remove.contains(&m.id)).cloned().collect();
-        for m in p.add.values() {
-            members.retain(|x| x.id != m.id);
-            members.push(m.clone());
-        }
-        members.sort();
-        ViewProposal {
-            view: View { epoch: p.epoch + 1, master: p.master, members, limits: self.cfg.limits },
-            applied_upto,
-            committed,
-            joiners: p.add.keys().copied().collect(),
-        }
     }
 
     pub(super) fn on_nack(&mut self, epoch: Epoch, ballot: Ballot, promised: Ballot) {
@@ -441,7 +391,7 @@ impl Replica {
     pub(super) fn on_accepted(&mut self, from: NodeId, epoch: Epoch, ballot: Ballot) {
         let majority = self.majority();
         let Some(p) = &mut self.next_view.proposer else { return };
-        if p.epoch != epoch || p.ballot != ballot || p.proposal.is_none() {
+        if !p.answers(epoch, ballot, true) {
             return;
         }
         p.accepts.insert(from);
