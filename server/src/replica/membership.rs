@@ -74,9 +74,7 @@ impl Replica {
             return;
         }
         if epoch == self.view.epoch && self.view.contains(from) {
-            self.membership.newcomers.remove(&from);
-            self.membership.heard_from(from);
-            self.membership.last_heard.insert(from, self.now);
+            self.membership.heartbeat(from, self.now);
             self.cluster.heard(from, self.now, &self.cfg);
             self.cluster.member_health.insert(from, health);
         }
@@ -215,10 +213,9 @@ impl Replica {
     /// kernel killed them.
     fn send_catch_up(&mut self, to: NodeId) {
         let every = self.cfg.heartbeat_ticks.max(1);
-        if self.membership.catch_ups_sent.get(&to).is_some_and(|&at| self.now < at + every) {
+        if !self.membership.catch_up_due(to, self.now, every) {
             return;
         }
-        self.membership.catch_ups_sent.insert(to, self.now);
         tracing::info!(
             node = self.id(),
             to,
@@ -258,13 +255,7 @@ impl Replica {
                 let silent = if m.id == self.id() {
                     0
                 } else {
-                    self.now.saturating_sub(
-                        self.membership
-                            .last_heard
-                            .get(&m.id)
-                            .copied()
-                            .unwrap_or(self.membership.started),
-                    )
+                    self.now.saturating_sub(self.membership.last_heard_of(m.id))
                 };
                 let state = if silent > self.silence_timeout(m.id) {
                     MemberState::Failed
@@ -307,8 +298,7 @@ impl Replica {
     /// Says, for the operator, why each of `failed` is about to be removed.
     pub(super) fn log_silent(&self, failed: &[NodeId]) {
         for &m in failed {
-            let heard =
-                self.membership.last_heard.get(&m).copied().unwrap_or(self.membership.started);
+            let heard = self.membership.last_heard_of(m);
             let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
             tracing::warn!(
                 node = self.id(),
@@ -341,8 +331,7 @@ impl Replica {
             .copied()
             .filter(|&m| m != self.id())
             .filter(|&m| {
-                let heard =
-                    self.membership.last_heard.get(&m).copied().unwrap_or(self.membership.started);
+                let heard = self.membership.last_heard_of(m);
                 self.now.saturating_sub(heard) > self.removal_timeout(m)
             })
             .collect()
@@ -377,11 +366,8 @@ impl Replica {
     /// newcomer's long silence grace would remove it, and writes would wait that long.
     pub(super) fn acks_wait_on(&mut self, id: strstore_protocol::Timestamp, missing: NodeId) {
         let grace_ends = self.membership.started + NEWCOMER_GRACE * self.cfg.failure_ticks;
-        let heard = self
-            .membership
-            .last_heard
-            .get(&missing)
-            .is_some_and(|&at| self.now.saturating_sub(at) <= self.silence_timeout(missing));
+        let timeout = self.silence_timeout(missing);
+        let heard = self.membership.heard_within(missing, self.now, timeout);
         if self.membership.settling.contains(&missing) && heard && self.now <= grace_ends {
             return;
         }

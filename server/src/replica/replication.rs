@@ -11,9 +11,6 @@ use super::ready::WaiterId;
 use super::records::{LogRecord, SnapshotRecord};
 use super::state::Applied;
 
-/// Most actions we keep early acks for (a window of each other member's actions, and more).
-const MAX_EARLY_ACKS: usize = 4096;
-
 /// The deps of a committed action, from its acks: each member's `hw`, and for the origin
 /// `oseq - 1` (every earlier action of the origin precedes this one; its own ack may carry a
 /// larger `hw`, or be missing where the acks of the others proved the commit).
@@ -42,9 +39,7 @@ impl Replica {
         let writes =
             self.clients.take_action(self.cfg.max_action_bytes, self.cfg.max_action_writes);
         let id = self.stamp();
-        let oseq = self.replication.next_oseq;
-        self.replication.next_oseq += 1;
-        self.replication.received.insert(self.id(), oseq);
+        let oseq = self.replication.number_own_action(self.id());
         let action = Action { id, epoch: self.view.epoch, oseq, writes, limits: self.view.limits };
         tracing::debug!(node = self.id(), id = %id, oseq, "created action");
         self.ready.log.push(LogRecord::Action(action.clone()));
@@ -79,7 +74,7 @@ impl Replica {
     }
 
     fn own_ack(&self, id: Timestamp) -> PeerMsg {
-        PeerMsg::Ack { id, hw: self.replication.next_oseq - 1, applied: self.progress.last }
+        PeerMsg::Ack { id, hw: self.replication.hw(), applied: self.progress.last }
     }
 
     fn observe(&mut self, ts: Timestamp) {
@@ -106,7 +101,7 @@ impl Replica {
             self.clients.hold(&action.writes);
             self.ready.log.push(LogRecord::Action(action.clone()));
             let mut held = self.new_held(HeldBody::Write(action), None);
-            held.acks = self.replication.early_acks.remove(&id).unwrap_or_default();
+            held.acks = self.replication.take_early_acks(id);
             self.held.insert(id, held);
             // A committed head may have been waiting for exactly this action.
             self.deliver();
@@ -140,9 +135,8 @@ impl Replica {
     pub(super) fn on_ack(&mut self, from: NodeId, id: Timestamp, hw: Oseq, applied: Timestamp) {
         self.membership.settling.remove(&from);
         if from != self.id() {
-            let seen = self.replication.peer_applied.entry(from).or_default();
-            *seen = (*seen).max(applied);
-            self.forget_own_commits();
+            let others = self.others();
+            self.replication.note_peer_applied(from, applied, &others);
         }
         if id.node != self.id() {
             return self.count_ack(from, id, hw);
@@ -199,10 +193,8 @@ impl Replica {
             return;
         }
         let Some(held) = self.held.get_mut(&id) else {
-            // Not here yet: kept until it arrives (it will, the origin re-sends until we ack)
-            // or the epoch ends. Bounded so that a confused peer cannot grow it without end.
-            if id > self.progress.last && self.replication.early_acks.len() < MAX_EARLY_ACKS {
-                self.replication.early_acks.entry(id).or_default().entry(from).or_insert(hw);
+            if id > self.progress.last {
+                self.replication.keep_early_ack(id, from, hw);
             }
             return;
         };
@@ -237,21 +229,6 @@ impl Replica {
         self.deliver();
     }
 
-    fn forget_own_commits(&mut self) {
-        let others = self.others();
-        let low = others
-            .iter()
-            .map(|m| self.replication.peer_applied.get(m).copied().unwrap_or_default())
-            .min();
-        match low {
-            None => self.replication.own_commits.clear(),
-            Some(low) => {
-                self.replication.own_commits =
-                    self.replication.own_commits.split_off(&Timestamp::new(low.time, low.node + 1));
-            }
-        }
-    }
-
     /// Applies entries from the head of the hold-back queue while the head is committed and
     /// every action it depends on is here. Anything with a smaller timestamp is then already
     /// in the queue ahead of it (see docs/protocol.md, "Why the order is the same everywhere").
@@ -264,10 +241,7 @@ impl Replica {
             }
             let (id, held) = entry.remove_entry();
             debug_assert!(id > self.progress.last, "delivery out of order");
-            // Early acks of actions that were committed some other way are of no more use.
-            while self.replication.early_acks.first_key_value().is_some_and(|(t, _)| *t <= id) {
-                self.replication.early_acks.pop_first();
-            }
+            self.replication.forget_early_acks_through(id);
             match held.body {
                 HeldBody::Write(action) => self.apply_action(action),
                 HeldBody::Fence { gets } => self.answer_reads(gets),

@@ -214,16 +214,14 @@ impl Replica {
     /// others cannot depose it when it comes back.
     fn master_is_healthy(&self) -> bool {
         if self.is_master() {
-            let heard =
-                self.members
-                    .iter()
-                    .filter(|&&m| {
-                        m == self.id()
-                            || self.membership.last_heard.get(&m).is_some_and(|&t| {
-                                self.now.saturating_sub(t) <= self.silence_timeout(m)
-                            })
-                    })
-                    .count();
+            let heard = self
+                .members
+                .iter()
+                .filter(|&&m| {
+                    m == self.id()
+                        || self.membership.heard_within(m, self.now, self.silence_timeout(m))
+                })
+                .count();
             heard >= self.majority()
         } else {
             // Heard within half its timeout: a master that answers heartbeats (one every
