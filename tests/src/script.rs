@@ -11,23 +11,28 @@
 //! - `deliver [from=ID] [to=ID] [kind=NAME]`: delivers the matching messages now in the
 //!   network, in the order they were sent; `stabilize [heartbeats=true]` delivers until the
 //!   network is empty. Delivered messages are printed, heartbeats only when asked.
-//! - `run [times=N]`: N rounds of a tick at every node and a `stabilize`.
+//! - `run [NODE...] [times=N]`: N rounds of a tick at every node (or at those listed: the
+//!   others' clocks stand still, as in a paused process) and a `stabilize`.
 //! - `drop [from=ID] [to=ID] [kind=NAME]`: loses the matching messages now in the network.
 //! - `cut NODE...` / `heal`: messages from or to a cut node are lost as they are sent.
 //! - `lose [from=ID] [to=ID] [kind=NAME]`: the next message sent that matches is lost.
+//! - `hold [from=ID] [to=ID] [kind=NAME]`: the next message sent that matches is kept out of
+//!   the network (delayed) until `release`, which sends every held message, in order.
 //! - `crash NODE` / `restart NODE`: a power cut, and a restart from what the log kept;
 //!   `repair NODE`: a crash that destroys the node's data (it restarts as a fresh
 //!   incarnation, as after `--repair`).
 //! - `status [NODE...]`: each node's view, applied count and string.
 //!
-//! Replies to clients and views entered are printed as they happen.
+//! Replies to clients, views entered and snapshots installed are printed as they happen. A
+//! node reports what it applied after the state it installed; one that reports an action the
+//! snapshot already holds is flagged (observers would count it twice).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
 
 use goldenscript::{Command, Runner};
-use strstore_protocol::{Envelope, NodeId, Op, PeerMsg, Request, Response, WriteOp};
+use strstore_protocol::{Envelope, NodeId, Op, PeerMsg, Request, Response, Timestamp, WriteOp};
 use strstore_server::replica::{self, WaiterId};
 
 use crate::sim::node::{Output, SimNode};
@@ -47,6 +52,11 @@ pub struct ScriptRunner {
     cut: BTreeSet<NodeId>,
     /// One message each is lost as it is sent (`lose`).
     lose: Vec<Filter>,
+    /// One message each is held back as it is sent (`hold`), and those held.
+    hold: Vec<Filter>,
+    held: Vec<Envelope>,
+    /// Each node's replay base as last printed: a move is a snapshot installed.
+    bases: BTreeMap<NodeId, Timestamp>,
     next_seq: u64,
     /// Each waiting request: where it was made, and what it asked.
     waiting: BTreeMap<WaiterId, String>,
@@ -86,6 +96,11 @@ impl Runner for ScriptRunner {
                 let filter = self.filter(command)?;
                 self.lose.push(filter);
             }
+            "hold" => {
+                let filter = self.filter(command)?;
+                self.hold.push(filter);
+            }
+            "release" => self.network.append(&mut self.held),
             "heal" => self.cut.clear(),
             "crash" => self.crash(command, false, &mut out)?,
             "repair" => self.crash(command, true, &mut out)?,
@@ -137,13 +152,7 @@ impl ScriptRunner {
     fn tick(&mut self, command: &Command, out: &mut String) -> Result<()> {
         let mut args = command.consume_args();
         let times: u64 = args.lookup_parse("times")?.unwrap_or(1);
-        let mut ids = Vec::new();
-        for arg in args.rest() {
-            ids.push(arg.value.parse::<NodeId>()?);
-        }
-        if ids.is_empty() {
-            ids = self.nodes.keys().copied().collect();
-        }
+        let ids = self.listed_or_all(args.rest())?;
         for _ in 0..times {
             for &id in &ids {
                 let output = self.node(id)?.advance(true, true)?;
@@ -171,9 +180,8 @@ impl ScriptRunner {
     fn run_ticks(&mut self, command: &Command, out: &mut String) -> Result<()> {
         let mut args = command.consume_args();
         let times: u64 = args.lookup_parse("times")?.unwrap_or(1);
-        args.reject_rest()?;
+        let ids = self.listed_or_all(args.rest())?;
         let all = Filter { from: None, to: None, kind: None };
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for _ in 0..times {
             for &id in &ids {
                 let output = self.node(id)?.advance(true, true)?;
@@ -236,6 +244,8 @@ impl ScriptRunner {
     fn restart(&mut self, command: &Command, out: &mut String) -> Result<()> {
         for id in node_args(command)? {
             let replayed = self.node(id)?.restart();
+            let base = self.node(id)?.replica().map(|r| r.replay_base()).unwrap_or_default();
+            self.bases.insert(id, base);
             writeln!(out, "n{id} restarted: replayed {} actions from its log", replayed.len())?;
         }
         Ok(())
@@ -276,6 +286,7 @@ impl ScriptRunner {
                 view.ids()
             );
         }
+        self.record_install(id, &output.applied, out);
         for reply in output.replies {
             let asked = self.waiting.remove(&reply.waiter).unwrap_or_default();
             let result = match reply.reply.result {
@@ -289,10 +300,43 @@ impl ScriptRunner {
             if let Some(i) = self.lose.iter().position(|f| f.matches(&env)) {
                 self.lose.remove(i);
                 let _ = writeln!(out, "lost n{} -> n{} {}", env.from, env.to, brief(&env.msg));
+            } else if let Some(i) = self.hold.iter().position(|f| f.matches(&env)) {
+                self.hold.remove(i);
+                let _ = writeln!(out, "held n{} -> n{} {}", env.from, env.to, brief(&env.msg));
+                self.held.push(env);
             } else if !self.cut.contains(&env.from) && !self.cut.contains(&env.to) {
                 self.network.push(env);
             }
         }
+    }
+
+    /// Prints a snapshot install, and what the node reports applied beyond it.
+    fn record_install(&mut self, id: NodeId, applied: &[Timestamp], out: &mut String) {
+        let Some(base) = self.nodes.get(&id).and_then(|n| n.replica()).map(|r| r.replay_base())
+        else {
+            return;
+        };
+        if self.bases.insert(id, base).unwrap_or_default() == base {
+            return;
+        }
+        let after: Vec<String> = applied.iter().map(|t| t.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "n{id} installed a snapshot up to {base}; reports applied after it: [{}]",
+            after.join(", ")
+        );
+        for t in applied.iter().filter(|t| **t <= base) {
+            let _ = writeln!(out, "ERROR: n{id} reports {t} applied, which its snapshot holds");
+        }
+    }
+
+    /// The nodes `args` name, or every node if they name none.
+    fn listed_or_all(&self, args: Vec<&goldenscript::Argument>) -> Result<Vec<NodeId>> {
+        let ids: Vec<NodeId> = args
+            .iter()
+            .map(|a| a.value.parse::<NodeId>())
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(if ids.is_empty() { self.nodes.keys().copied().collect() } else { ids })
     }
 
     fn node(&mut self, id: NodeId) -> Result<&mut SimNode> {

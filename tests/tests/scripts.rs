@@ -45,3 +45,8 @@ fn lost_data() {
 fn missed_decision() {
     run("missed_decision");
 }
+
+#[test]
+fn applied_then_installed() {
+    run("applied_then_installed");
+}
