@@ -194,6 +194,41 @@ pub(super) struct NextView {
     pub(super) proposer: Option<Proposer>,
 }
 
+/// How an acceptor answers a Prepare or an Accept.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Refuse,
+    /// A higher ballot than any promised: promise it (durably) first.
+    Promise,
+    /// The ballot already promised: answer again, as before.
+    AsPromised,
+}
+
+impl NextView {
+    /// Phase 1: a Prepare of `ballot`; `sticky` if it would depose a master this node still
+    /// sees working. The ballot already promised is a re-sent or duplicated Prepare and is
+    /// answered again: a refusal would make the proposer give up, and a slow member gets
+    /// every Prepare twice (the proposer re-sends before the first answer is back).
+    pub(super) fn answer_prepare(&self, ballot: Ballot, sticky: bool) -> Answer {
+        if ballot == self.promised {
+            Answer::AsPromised
+        } else if ballot < self.promised || sticky {
+            Answer::Refuse
+        } else {
+            Answer::Promise
+        }
+    }
+
+    /// Phase 2: an Accept of `ballot`. One above the promise counts as its Prepare too.
+    pub(super) fn answer_accept(&self, ballot: Ballot) -> Answer {
+        match ballot.cmp(&self.promised) {
+            std::cmp::Ordering::Less => Answer::Refuse,
+            std::cmp::Ordering::Equal => Answer::AsPromised,
+            std::cmp::Ordering::Greater => Answer::Promise,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +247,22 @@ mod tests {
         assert_eq!(r.own_commits.keys().collect::<Vec<_>>(), vec![&b], "both applied a");
         r.note_peer_applied(3, Timestamp::new(4, 3), &[2, 3]);
         assert_eq!(r.own_commits.len(), 1, "an older report never brings one back or drops b");
+    }
+
+    /// Acceptor rules: never below the promise; the promised ballot answered again even where
+    /// the master now looks healthy (a re-sent Prepare); a higher one refused only to depose a
+    /// master that still works.
+    #[test]
+    fn an_acceptor_keeps_its_promise_and_answers_a_resent_prepare_again() {
+        let ballot = |round| Ballot { round, node: 2 };
+        let next = NextView { promised: ballot(5), ..NextView::default() };
+        assert_eq!(next.answer_prepare(ballot(5), true), Answer::AsPromised);
+        assert_eq!(next.answer_prepare(ballot(4), false), Answer::Refuse);
+        assert_eq!(next.answer_prepare(ballot(6), true), Answer::Refuse);
+        assert_eq!(next.answer_prepare(ballot(6), false), Answer::Promise);
+        assert_eq!(next.answer_accept(ballot(4)), Answer::Refuse);
+        assert_eq!(next.answer_accept(ballot(5)), Answer::AsPromised);
+        assert_eq!(next.answer_accept(ballot(6)), Answer::Promise);
     }
 
     /// Early acks wait for their action, up to a bound, and go once it applied.

@@ -19,7 +19,7 @@ use strstore_protocol::{
 };
 use tracing::{info, warn};
 
-use super::epoch::{EpochMembership, EpochReplication, NextView};
+use super::epoch::{Answer, EpochMembership, EpochReplication, NextView};
 use super::held::HeldBody;
 use super::node::Replica;
 use super::proposer::Proposer;
@@ -278,14 +278,10 @@ impl Replica {
             return;
         }
         let sticky = deposes_master && from != self.id() && self.master_is_healthy();
-        // The same ballot again is a re-sent or duplicated Prepare: answer it as before. A
-        // refusal would make the proposer give up, and a slow member gets every Prepare twice
-        // (the proposer re-sends before the first answer is back).
-        if ballot != self.next_view.promised && (ballot < self.next_view.promised || sticky) {
-            return self.refuse(from, ballot);
-        }
-        if ballot != self.next_view.promised {
-            self.promise(ballot);
+        match self.next_view.answer_prepare(ballot, sticky) {
+            Answer::Refuse => return self.refuse(from, ballot),
+            Answer::Promise => self.promise(ballot),
+            Answer::AsPromised => {}
         }
         let pending = self.pending_log();
         let msg = PeerMsg::Promise { ballot, accepted: self.next_view.accepted.clone(), pending };
@@ -374,11 +370,10 @@ impl Replica {
         if !self.acceptor_ready(from, epoch) || proposal.view.epoch != self.view.epoch + 1 {
             return;
         }
-        if ballot < self.next_view.promised {
-            return self.refuse(from, ballot);
-        }
-        if ballot > self.next_view.promised {
-            self.promise(ballot);
+        match self.next_view.answer_accept(ballot) {
+            Answer::Refuse => return self.refuse(from, ballot),
+            Answer::Promise => self.promise(ballot),
+            Answer::AsPromised => {}
         }
         self.next_view.accepted = Some((ballot, proposal.clone()));
         self.ready.log.push(LogRecord::Accepted { ballot, proposal });
