@@ -28,5 +28,6 @@ pub use message::*;
 ///
 /// History: 2 added the applied digest to snapshots and the `Inspect` request; 3 carries the
 /// size limits in every view and action, a content digest in `Inspect`, and `fresh` in
-/// `Join`; 4 drops the `Internal` error no node ever sent (the variants after it moved).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `Join`; 4 drops the `Internal` error no node ever sent (the variants after it moved); 5
+/// adds `master_lags` to `Heartbeat`.
+pub const PROTOCOL_VERSION: u32 = 5;

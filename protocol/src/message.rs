@@ -334,7 +334,10 @@ pub enum PeerMsg {
     StaleEpoch { current: Epoch },
     /// Member -> master, every heartbeat interval: I am alive, this is my health, and these
     /// are my addresses (so the master can tell clients where every member listens).
-    Heartbeat { health: Health, member: Member },
+    /// `master_lags`: this member finds the master's own acks holding its commits back (the
+    /// master cannot judge itself when only its outgoing link is slow); once every other
+    /// member says so, the master hands its role over.
+    Heartbeat { health: Health, member: Member, master_lags: bool },
     /// Master -> member, answering each heartbeat: the current view and the master's table
     /// of every member, so any node can answer `status` and notice a newer view.
     HeartbeatAck { view: View, members: Vec<MemberStatus> },

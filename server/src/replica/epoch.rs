@@ -125,6 +125,8 @@ pub(super) struct EpochMembership {
     pub(super) join_hints: BTreeSet<NodeId>,
     /// When each member behind this epoch was last sent the state (`send_catch_up`).
     catch_ups_sent: BTreeMap<NodeId, Ticks>,
+    /// Master: members whose last heartbeat said this master's acks hold their commits back.
+    pub(super) lag_reports: BTreeSet<NodeId>,
     /// Members that asked in this epoch to join as a fresh incarnation (they lost their data)
     /// and were not heard in it since: they can answer no view change, and stand in for
     /// one that answers nothing (`quorum`).
@@ -132,8 +134,13 @@ pub(super) struct EpochMembership {
 }
 
 impl EpochMembership {
-    /// Master: `member` heartbeat in this epoch at `now`.
-    pub(super) fn heartbeat(&mut self, member: NodeId, now: Ticks) {
+    /// Master: `member` heartbeat in this epoch at `now`, finding this master lagging or not.
+    pub(super) fn heartbeat(&mut self, member: NodeId, now: Ticks, master_lags: bool) {
+        if master_lags {
+            self.lag_reports.insert(member);
+        } else {
+            self.lag_reports.remove(&member);
+        }
         self.newcomers.remove(&member);
         self.heard_from(member);
         self.last_heard.insert(member, now);
@@ -179,6 +186,7 @@ impl EpochMembership {
             newcomers,
             join_hints: BTreeSet::new(),
             catch_ups_sent: BTreeMap::new(),
+            lag_reports: BTreeSet::new(),
             lost_data: BTreeSet::new(),
         }
     }

@@ -34,7 +34,9 @@ impl Replica {
             health.clock = self.clock.time();
             health.epoch = self.view.epoch;
             let member = self.cfg.me.clone();
-            let env = self.envelope(self.view.master, PeerMsg::Heartbeat { health, member });
+            let master_lags = self.finds_master_lagging();
+            let env =
+                self.envelope(self.view.master, PeerMsg::Heartbeat { health, member, master_lags });
             self.ready.messages.push(env);
         }
     }
@@ -54,6 +56,7 @@ impl Replica {
         epoch: Epoch,
         health: Health,
         member: Member,
+        master_lags: bool,
     ) {
         if member.id == from {
             self.cluster.announced.insert(from, member);
@@ -74,7 +77,7 @@ impl Replica {
             return;
         }
         if epoch == self.view.epoch && self.view.contains(from) {
-            self.membership.heartbeat(from, self.now);
+            self.membership.heartbeat(from, self.now, master_lags);
             self.cluster.heard(from, self.now, &self.cfg);
             self.cluster.member_health.insert(from, health);
         }
@@ -337,16 +340,21 @@ impl Replica {
             .collect()
     }
 
-    /// A member to remove for holding commits back, if removing it leaves the view a
-    /// majority of the cluster (so that the next view changes still find their quorums, and
-    /// slowness alone never shrinks a 3-node cluster below 2 or a 5-node one below 3).
-    /// Only when nothing else is wrong: a member is slow only next to healthy ones.
-    pub(super) fn slow_member(&self) -> Option<NodeId> {
-        if self.cfg.ack_lag_ticks == 0 || !self.cluster.joiners.is_empty() {
-            return None;
-        }
+    /// Whether the master may remove a member for holding commits back: removing one leaves
+    /// the view a majority of the cluster (so that the next view changes still find their
+    /// quorums, and slowness alone never shrinks a 3-node cluster below 2 or a 5-node one
+    /// below 3), and nothing else is wrong (a member is slow only next to healthy ones).
+    fn may_remove_for_lag(&self) -> bool {
         let cluster = self.cfg.initial_view.members.len().max(self.members.len());
-        if self.members.len() <= cluster / 2 + 1 || self.members.len() < 3 {
+        self.cfg.ack_lag_ticks > 0
+            && self.cluster.joiners.is_empty()
+            && self.members.len() > cluster / 2 + 1
+            && self.members.len() >= 3
+    }
+
+    /// A member to remove for holding commits back (see `may_remove_for_lag`).
+    pub(super) fn slow_member(&self) -> Option<NodeId> {
+        if !self.may_remove_for_lag() {
             return None;
         }
         let me = self.id();
@@ -355,6 +363,26 @@ impl Replica {
             .slow(self.now, self.cfg.ack_lag_for_ticks)
             .into_iter()
             .find(|&m| m != me && self.members.contains(&m))
+    }
+
+    /// Member: whether its ack-lag judge finds the master holding its commits back.
+    fn finds_master_lagging(&self) -> bool {
+        let slow = self.membership.ack_lag.slow(self.now, self.cfg.ack_lag_for_ticks);
+        self.cfg.ack_lag_ticks > 0 && slow.contains(&self.view.master)
+    }
+
+    /// Master: the member to hand the master role to, when every other member finds this
+    /// master's acks holding its commits back. Only the master removes slow members, so a
+    /// slow master would never be removed and would hold every write back for good; under
+    /// the next master it is removed like any slow member, which is why it hands over only
+    /// where that removal may happen.
+    pub(super) fn successor(&self) -> Option<NodeId> {
+        let others = self.others();
+        let reported = others.iter().all(|m| self.membership.lag_reports.contains(m));
+        if !self.may_remove_for_lag() || others.is_empty() || !reported {
+            return None;
+        }
+        others.into_iter().min()
     }
 
     /// Master: notes for the ack-lag judge that every member but `missing` acked `id`. A
@@ -371,7 +399,7 @@ impl Replica {
         if self.membership.settling.contains(&missing) && heard && self.now <= grace_ends {
             return;
         }
-        if self.is_master() && self.cfg.ack_lag_ticks > 0 {
+        if self.is_member() && self.cfg.ack_lag_ticks > 0 {
             self.membership.ack_lag.waiting_on(id, missing, self.now);
         }
     }

@@ -381,8 +381,8 @@ impl Replica {
             | PeerMsg::Ack { .. }
             | PeerMsg::Execute { .. } => self.step_replication(env),
             PeerMsg::StaleEpoch { current } => self.on_stale_epoch(env.from, current),
-            PeerMsg::Heartbeat { health, member } => {
-                self.on_heartbeat(env.from, env.epoch, health, member)
+            PeerMsg::Heartbeat { health, member, master_lags } => {
+                self.on_heartbeat(env.from, env.epoch, health, member, master_lags)
             }
             PeerMsg::HeartbeatAck { view, members } => {
                 self.on_heartbeat_ack(env.from, view, members)
@@ -435,7 +435,9 @@ impl Replica {
     /// Advances logical time: re-sends, heartbeats, failure detection, elections.
     pub fn tick(&mut self) {
         self.now += 1;
-        if self.is_master() {
+        // Every member judges ack lag: the master to remove a slow member, the others to
+        // tell the master when it is the slow one.
+        if self.is_member() {
             let bound = self.cfg.ack_lag_ticks;
             let hold = self.cfg.ack_lag_for_ticks;
             let bridge = (2 * bound).max(hold / 4);
@@ -491,7 +493,7 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
-    use strstore_protocol::Member;
+    use strstore_protocol::{Health, Member};
 
     use super::super::records::LogRecord;
     use super::super::state::Limits;
@@ -689,6 +691,28 @@ mod tests {
         let ack = PeerMsg::Ack { id: Timestamp::new(1, 2), hw: 0, applied: Timestamp::default() };
         master.step(Envelope { from: 3, to: 1, epoch: master.view.epoch, msg: ack });
         assert_eq!(lag_behind_n3(&mut master, judged_after), Some(3), "n3 acked: judged now");
+    }
+
+    /// A master hands its role over only when every other member's heartbeat finds it
+    /// lagging, and only where the next master may then remove it (three members or more).
+    #[test]
+    fn a_master_hands_over_once_every_other_member_finds_it_lagging() {
+        let heartbeat = |master: &mut Replica, from: NodeId, master_lags: bool| {
+            let member = Member { id: from, peer_addr: String::new(), client_addr: String::new() };
+            let msg = PeerMsg::Heartbeat { health: Health::default(), member, master_lags };
+            master.step(Envelope { from, to: 1, epoch: master.view.epoch, msg });
+        };
+        let mut master = Replica::new(Config::new(1, vec![1, 2, 3]), Restored::default());
+        heartbeat(&mut master, 2, true);
+        heartbeat(&mut master, 3, false);
+        assert_eq!(master.successor(), None, "n3 finds the master fine");
+        heartbeat(&mut master, 3, true);
+        assert_eq!(master.successor(), Some(2));
+        heartbeat(&mut master, 2, false);
+        assert_eq!(master.successor(), None, "n2 no longer finds it lagging");
+        let mut two = Replica::new(Config::new(1, vec![1, 2]), Restored::default());
+        heartbeat(&mut two, 2, true);
+        assert_eq!(two.successor(), None, "n2 could not remove it from a view of two");
     }
 
     proptest::proptest! {

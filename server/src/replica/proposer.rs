@@ -33,22 +33,22 @@ pub(super) struct Proposer {
 }
 
 impl Proposer {
-    /// A proposal by `ballot.node`, the next master, to leave `epoch` at `now`, removing and
-    /// adding members.
+    /// A proposal to leave `epoch` at `now`: the members to remove and to add, and the next
+    /// master (the proposer, or whom a slow master hands over to).
     pub(super) fn new(
         epoch: Epoch,
         ballot: Ballot,
-        changes: (BTreeSet<NodeId>, BTreeMap<NodeId, Member>),
+        changes: (BTreeSet<NodeId>, BTreeMap<NodeId, Member>, NodeId),
         now: Ticks,
         resend_at: Ticks,
     ) -> Self {
-        let (remove, add) = changes;
+        let (remove, add, master) = changes;
         Self {
             epoch,
             ballot,
             remove,
             add,
-            master: ballot.node,
+            master,
             promises: BTreeMap::new(),
             promised_by: BTreeSet::new(),
             proposal: None,
@@ -141,7 +141,7 @@ mod tests {
     /// n1 leaves epoch 1 of {1, 2, 3}, removing n3.
     fn removing_n3() -> (Proposer, View) {
         let ballot = Ballot { round: 1, node: 1 };
-        let changes = (BTreeSet::from([3]), BTreeMap::new());
+        let changes = (BTreeSet::from([3]), BTreeMap::new(), 1);
         let current = View {
             epoch: 1,
             master: 1,

@@ -92,6 +92,14 @@ impl Replica {
                     ms(self.cfg.ack_lag_for_ticks),
                 );
                 self.start_proposal([slow].into_iter().collect(), BTreeMap::new());
+            } else if let Some(next) = self.successor() {
+                warn!(
+                    node = self.id(),
+                    next,
+                    "every other member finds this master's acks holding its writes back; \
+                     handing the master role to n{next}, which removes this node if it stays slow"
+                );
+                self.propose_view(BTreeSet::new(), BTreeMap::new(), next);
             }
         } else if self.now.saturating_sub(self.membership.master_heard)
             > self.silence_timeout(self.view.master) + self.view_changes.election_jitter()
@@ -151,7 +159,17 @@ impl Replica {
         }
     }
 
-    fn start_proposal(&mut self, mut remove: BTreeSet<NodeId>, mut add: BTreeMap<NodeId, Member>) {
+    /// Proposes the next view, with this node as its master.
+    fn start_proposal(&mut self, remove: BTreeSet<NodeId>, add: BTreeMap<NodeId, Member>) {
+        self.propose_view(remove, add, self.id());
+    }
+
+    fn propose_view(
+        &mut self,
+        mut remove: BTreeSet<NodeId>,
+        mut add: BTreeMap<NodeId, Member>,
+        master: NodeId,
+    ) {
         // A member that lost its data comes back only from a snapshot, as a joiner.
         for m in self.view.members.iter().filter(|m| self.membership.lost_data.contains(&m.id)) {
             remove.insert(m.id);
@@ -165,10 +183,11 @@ impl Replica {
             ?remove,
             add = ?add.keys().collect::<Vec<_>>(),
             round = ballot.round,
+            master,
             "starting view change"
         );
         let resend_at = self.now + self.cfg.resend_ticks;
-        let changes = (remove, add);
+        let changes = (remove, add, master);
         self.next_view.proposer =
             Some(Proposer::new(self.view.epoch, ballot, changes, self.now, resend_at));
         let deposes_master =
