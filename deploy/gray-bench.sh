@@ -13,6 +13,7 @@
 #                      silent long enough to look dead, but every write waits for it
 #   slow disk          every fdatasync of n3's log takes 50 ms longer (the wal-sync failpoint;
 #                      the binaries are built with --features strstore-server/failpoints)
+#   slow master disk   the same at n1, the master
 #   lossy link         nftables drops 30 % of the packets to and from n3's peer port (the
 #                      connections the others opened to n3; needs root)
 #   kill -9 member     n3 killed 3 s into the run; the slowest request is the stall
@@ -68,7 +69,7 @@ stop_disturber() {
   local pid
   pid=$(cat "$cluster_dir/n3.pid" 2>/dev/null) && kill -CONT "$pid" 2>/dev/null || true
   nft delete table inet "$table" 2>/dev/null || true
-  rm -f "$cluster_dir/n3.failpoints"
+  rm -f "$cluster_dir/n1.failpoints" "$cluster_dir/n3.failpoints"
 }
 cleanup() {
   stop_disturber
@@ -141,6 +142,11 @@ echo "wal-sync=sleep(50)" >"$cluster_dir/n3.failpoints"
 bench slow-disk
 stop_disturber
 
+phase "slow master disk"
+echo "wal-sync=sleep(50)" >"$cluster_dir/n1.failpoints"
+bench slow-master-disk
+stop_disturber
+
 if [[ $(id -u) == 0 ]] && command -v nft >/dev/null; then
   phase "lossy link"
   lossy_link
@@ -168,6 +174,7 @@ names = {
     "undisturbed": "undisturbed",
     "flapping": "one member flapping (SIGSTOP 1.5 s of 3 s)",
     "slow-disk": "one member's disk slow (fdatasync +50 ms)",
+    "slow-master-disk": "the master's disk slow (fdatasync +50 ms)",
     "lossy": "one member's peer link dropping 30 % of packets",
     "kill-member": "kill -9 of a member, 3 s into the run",
     "kill-master": "kill -9 of the master, 3 s into the run",
