@@ -74,33 +74,7 @@ impl Replica {
             self.view_changes.froze(self.now, &self.cfg);
             self.start_proposal(remove, add);
         } else if self.is_master() {
-            // With the removals held back (see `keeping_two_members`) the proposal still goes
-            // out: a master restarted into a view the others left learns so from the answers.
-            let failed = self.failed_members();
-            self.log_silent(&failed);
-            if !failed.is_empty() || !self.cluster.joiners.is_empty() {
-                let add = self.cluster.joiners.clone();
-                self.start_proposal(failed.into_iter().collect(), add);
-            } else if let Some(slow) = self.slow_member() {
-                let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
-                warn!(
-                    node = self.id(),
-                    member = slow,
-                    "n{slow}'s acks have come more than {} ms after the others' for {} ms, \
-                     holding every write back; removing it until it keeps up",
-                    ms(self.cfg.ack_lag_ticks),
-                    ms(self.cfg.ack_lag_for_ticks),
-                );
-                self.start_proposal([slow].into_iter().collect(), BTreeMap::new());
-            } else if let Some(next) = self.successor() {
-                warn!(
-                    node = self.id(),
-                    next,
-                    "every other member finds this master's acks holding its writes back; \
-                     handing the master role to n{next}, which removes this node if it stays slow"
-                );
-                self.propose_view(BTreeSet::new(), BTreeMap::new(), next);
-            }
+            self.propose_as_master();
         } else if self.now.saturating_sub(self.membership.master_heard)
             > self.silence_timeout(self.view.master) + self.view_changes.election_jitter()
         {
@@ -113,6 +87,38 @@ impl Replica {
             remove.insert(self.view.master);
             self.start_proposal(remove, add);
             self.reset_election_timer();
+        }
+    }
+
+    /// The master's view changes: remove failed members and add joiners, else remove a
+    /// slow member, else hand the master role over if this master is the slow one.
+    fn propose_as_master(&mut self) {
+        // With the removals held back (see `keeping_two_members`) the proposal still goes
+        // out: a master restarted into a view the others left learns so from the answers.
+        let failed = self.failed_members();
+        self.log_silent(&failed);
+        if !failed.is_empty() || !self.cluster.joiners.is_empty() {
+            let add = self.cluster.joiners.clone();
+            self.start_proposal(failed.into_iter().collect(), add);
+        } else if let Some(slow) = self.slow_member() {
+            let ms = |ticks: Ticks| ticks * self.cfg.tick_ms;
+            warn!(
+                node = self.id(),
+                member = slow,
+                "n{slow}'s acks have come more than {} ms after the others' for {} ms, \
+                 holding every write back; removing it until it keeps up",
+                ms(self.cfg.ack_lag_ticks),
+                ms(self.cfg.ack_lag_for_ticks),
+            );
+            self.start_proposal([slow].into_iter().collect(), BTreeMap::new());
+        } else if let Some(next) = self.successor() {
+            warn!(
+                node = self.id(),
+                next,
+                "every other member finds this master's acks holding its writes back; \
+                 handing the master role to n{next}, which removes this node if it stays slow"
+            );
+            self.propose_view(BTreeSet::new(), BTreeMap::new(), next);
         }
     }
 
